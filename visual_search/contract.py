@@ -1,0 +1,30 @@
+"""The one source of truth for the model/search contract.
+
+Tensor names, shapes, dtypes, the embedding dimension, image limits and preprocessing
+parameters live here. Export scripts, generated Triton configs, python-backend models, the
+shards, the gateway and the evaluation import these values instead of repeating them; a test
+checks that generated artifacts agree with this module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---- embeddings ---------------------------------------------------------------------------
+EMBEDDING_DIM: Final = 256
+EMBEDDING_DTYPE: Final = "float16"  # on the wire (bytes, little-endian) and in the re-score store
+# Vectors whose L2 norm is farther than this from 1 are refused (callers must send normalised
+# vectors); within it they are re-normalised. See visual_search/shard/validation.py.
+NORM_TOLERANCE: Final = 0.01
+
+# ---- images (boundary limits) ---------------------------------------------------------------
+MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS: Final = 40_000_000  # decompression-bomb guard (width * height)
+MIN_IMAGE_SIDE: Final = 8
+
+# ---- search limits --------------------------------------------------------------------------
+MAX_K: Final = 1000
+MAX_RESCORE_K: Final = 10_000
+MAX_NPROBE: Final = 65_536
+MAX_QUERY_BATCH: Final = 1024
+MAX_UPSERT_BATCH: Final = 10_000
