@@ -28,3 +28,15 @@ MAX_RESCORE_K: Final = 10_000
 MAX_NPROBE: Final = 65_536
 MAX_QUERY_BATCH: Final = 1024
 MAX_UPSERT_BATCH: Final = 10_000
+
+# ---- preprocessing (used by visual_search/preprocess.py everywhere) ---------------------------
+DETECTOR_INPUT_SIZE: Final = 640  # square letterbox side, pixels
+LETTERBOX_PAD_VALUE: Final = 114  # grey padding, as the detector was trained
+DETECTOR_CONF_THRESHOLD: Final = 0.25
+DETECTOR_IOU_THRESHOLD: Final = 0.45
+DETECTOR_MAX_DETECTIONS: Final = 20
+ENCODER_INPUT_SIZE: Final = 224  # square crop fed to the encoder
+ENCODER_RESIZE: Final = 256  # shorter side before the centre crop (whole images)
+CROP_MARGIN: Final = 0.10  # object crops are widened by this fraction of the box side
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
