@@ -40,3 +40,11 @@ ENCODER_RESIZE: Final = 256  # shorter side before the centre crop (whole images
 CROP_MARGIN: Final = 0.10  # object crops are widened by this fraction of the box side
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+
+# ---- model tensors (ONNX graphs; Triton configs are generated from these) --------------------
+DETECTOR_INPUT_NAME: Final = "images"  # float32 [B, 3, 640, 640], RGB in [0, 1], letterboxed
+DETECTOR_OUTPUT_NAME: Final = "output0"  # float32 [B, 4 + NUM_CLASSES, anchors]: cx,cy,w,h + scores
+DETECTOR_NUM_CLASSES: Final = 80  # COCO
+ENCODER_INPUT_NAME: Final = "pixels"  # float32 [B, 3, 224, 224], ImageNet-normalised
+ENCODER_OUTPUT_NAME: Final = "embedding"  # float16 [B, EMBEDDING_DIM], L2-normalised
+ARTIFACTS_DIR: Final = "artifacts/models"  # exported ONNX files + manifest.json (repo-relative)
