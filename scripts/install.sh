@@ -12,3 +12,4 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import faiss, grpc, numpy" # fail loudly if the install did not work
 bash scripts/gen_proto.sh
+bash scripts/install_triton.sh
