@@ -1,0 +1,51 @@
+"""`vsearch` command line: a thin dispatcher over subcommand modules.
+
+Each module named in COMMAND_MODULES (or BENCH_MODULES for `vsearch bench ...`) exposes
+`register(subparsers)`, which adds its parser and sets `func=<callable(args) -> int>`. Modules
+must keep heavy imports inside their run function so `vsearch --help` stays fast. To add a
+command, write such a module and add its name here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES: list[str] = [
+    "visual_search.shard.cli",
+]
+BENCH_MODULES: list[str] = [
+    "visual_search.bench.shard_bench",
+    "visual_search.bench.crash",
+]
+
+
+def _register_all(subparsers: argparse._SubParsersAction, modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # one broken command must not take the others down
+            print(f"vsearch: skipping {name}: {exc}", file=sys.stderr)
+            continue
+        module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsearch", description="Visual search system")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _register_all(sub, COMMAND_MODULES)
+    bench = sub.add_parser("bench", help="benchmarks (results as JSON under benchmarks/)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    _register_all(bench_sub, BENCH_MODULES)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
