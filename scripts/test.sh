@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: install everything the tests need, then lint, type-check and run the tests.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+. .venv/bin/activate
+ruff check .
+mypy
+if [ $# -eq 0 ]; then
+  set -- -m "not slow and not gpu"
+fi
+python -m pytest "$@"
