@@ -1,0 +1,1 @@
+"""Offline retrieval evaluation (R16) and canary probes."""
