@@ -48,7 +48,7 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size  # header only: check before decoding pixels
             if w * h > C.MAX_IMAGE_PIXELS:
                 raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {C.MAX_IMAGE_PIXELS}")
