@@ -1,0 +1,61 @@
+"""In-process reference path: the same preprocessing and ONNX models as the Triton ensemble, run
+directly with onnxruntime. Used by the skew test, export gates, evaluation and canaries, so a
+difference between this and the served path is a serving bug, not a modelling choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from visual_search import contract as C
+from visual_search import detection
+from visual_search import preprocess as P
+
+
+def make_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """CPU onnxruntime session; denormals flushed so INT8/FP32 timings are fair."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class ObjectEmbeddings:
+    detections: detection.Detections
+    object_vectors: np.ndarray  # float16 [N, EMBEDDING_DIM], one per detection
+    whole_vector: np.ndarray  # float16 [EMBEDDING_DIM]
+
+
+class ReferencePipeline:
+    """detect / embed / detect_and_embed on decoded images (HxWx3 uint8 RGB)."""
+
+    def __init__(self, detector_path: str | Path, encoder_path: str | Path, threads: int = 0) -> None:
+        self.detector = make_session(detector_path, threads)
+        self.encoder = make_session(encoder_path, threads)
+
+    def detect(self, img: np.ndarray) -> detection.Detections:
+        x, lb = P.letterbox(img)
+        (out,) = self.detector.run([C.DETECTOR_OUTPUT_NAME], {C.DETECTOR_INPUT_NAME: x[None]})
+        return detection.decode(out[0], lb)
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """[B, 3, 224, 224] encoder inputs -> float16 [B, EMBEDDING_DIM]."""
+        (out,) = self.encoder.run([C.ENCODER_OUTPUT_NAME], {C.ENCODER_INPUT_NAME: pixels})
+        return np.asarray(out, np.float16)
+
+    def embed(self, img: np.ndarray, box: np.ndarray | None = None) -> np.ndarray:
+        """Whole image (box None) or one caller-given box -> float16 [EMBEDDING_DIM]."""
+        if box is not None:
+            img = P.crop(img, P.validate_box(box, img.shape[1], img.shape[0]))
+        return self.encode(P.encoder_input(img)[None])[0]
+
+    def detect_and_embed(self, img: np.ndarray) -> ObjectEmbeddings:
+        dets = self.detect(img)
+        batch = [P.encoder_input(P.crop(img, b)) for b in dets.boxes] + [P.encoder_input(img)]
+        vecs = self.encode(np.stack(batch))
+        return ObjectEmbeddings(dets, vecs[:-1], vecs[-1])
