@@ -1,0 +1,96 @@
+"""Gateway configuration: the shard map (N shards x R replicas) and tunables, from flags or env.
+
+The shard map is written `host:port,host:port;host:port,...` (shards separated by `;`, replicas
+of one shard by `,`) or given as a JSON file `{"shards": [["h:p", "h:p"], ["h:p"]]}`. Shard ids
+are positions in the map, which must match `vsearch shard --shard-id` and ids.shard_for().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    """shards[i] = replica addresses of shard i (at least one each)."""
+
+    shards: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ValueError("shard map is empty: give at least one shard address")
+        for i, replicas in enumerate(self.shards):
+            if not replicas:
+                raise ValueError(f"shard {i} has no replica addresses")
+            for addr in replicas:
+                host, sep, port = addr.rpartition(":")
+                if not sep or not host or not port.isdigit():
+                    raise ValueError(f"shard {i}: bad address {addr!r} (want host:port)")
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    @classmethod
+    def parse(cls, spec: str) -> ShardMap:
+        """Parse `a:1,b:2;c:3` or the path of a JSON file (see module doc)."""
+        spec = spec.strip()
+        if spec.endswith(".json") or (spec and Path(spec).is_file()):
+            data = json.loads(Path(spec).read_text())
+            groups = data["shards"] if isinstance(data, dict) else data
+            return cls(tuple(tuple(str(a) for a in g) for g in groups))
+        groups = [g for g in spec.split(";") if g.strip()]
+        return cls(tuple(tuple(a.strip() for a in g.split(",") if a.strip()) for g in groups))
+
+    def to_spec(self) -> str:
+        return ";".join(",".join(r) for r in self.shards)
+
+
+def _env_float(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    return float(v) if v else default
+
+
+@dataclass
+class GatewayConfig:
+    """Everything the gateway needs; defaults are the documented behaviour."""
+
+    shard_map: ShardMap
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0  # 0 = no /metrics endpoint
+    triton_url: str | None = None  # host:port of Triton gRPC; None = vector/item-id queries only
+    model_version: str | None = None  # served model version; None = ask Triton / the shards
+    # Hedging: if a replica has not answered after the delay, ask another; the delay is the
+    # shard's recent p95 when enough samples exist (bounded), else hedge_delay_ms.
+    hedge_delay_ms: float = 20.0
+    hedge_adaptive: bool = True
+    hedge_min_ms: float = 5.0
+    hedge_max_ms: float = 200.0
+    default_deadline_s: float = 5.0  # when the caller sets no deadline
+    shard_margin_s: float = 0.01  # left for merge/re-rank when propagating the deadline to shards
+    # Re-rank (R4/R5).
+    boost_available: float = 0.02
+    boost_region: float = 0.02
+    dedup_threshold: float = 0.95
+    phash_max_distance: int = 6  # Hamming bits: at most this -> "the same image"
+    candidate_factor: int = 2  # shards return k * factor (+ margin) so collapse can still fill k
+    # Security / transport.
+    auth_token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_bytes: int = 32 * 1024 * 1024
+    index_concurrency: int = 4
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env_defaults(cls, shard_map: ShardMap) -> GatewayConfig:
+        """Config whose secrets/tunables may come from VSEARCH_* environment variables."""
+        return cls(
+            shard_map=shard_map,
+            auth_token=os.environ.get("VSEARCH_AUTH_TOKEN") or None,
+            hedge_delay_ms=_env_float("VSEARCH_HEDGE_DELAY_MS", 20.0),
+        )

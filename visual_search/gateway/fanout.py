@@ -1,0 +1,250 @@
+"""Fan-out to N shards x R replicas over grpc.aio: hedged searches, routed writes, partial results.
+
+Every query goes to every shard in parallel; within a shard the replicas are hedged (hedging.py).
+A shard that errors or misses the deadline is reported missing and the query answers from the
+others with partial=true; only when no shard answers is the query failed (UNAVAILABLE). Writes
+go to every replica of the item's owning shard (ids.shard_for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from visual_search import ids
+from visual_search.gateway.config import GatewayConfig
+from visual_search.gateway.hedging import AllAttemptsFailed, LatencyWindow, hedged
+from visual_search.gateway.metrics import GatewayMetrics
+from visual_search.v1 import shard_pb2, shard_pb2_grpc
+
+# Replica failures worth trying another replica for; anything else is the request's fault.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_BAD_REPLICA_S = 1.0  # a replica that just failed goes to the back of the queue this long
+
+
+def _code(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    if isinstance(exc, asyncio.TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _retryable(exc: BaseException) -> bool:
+    return _code(exc) in RETRYABLE
+
+
+class ShardCallError(Exception):
+    """A shard refused the request itself (e.g. INVALID_ARGUMENT): surfaced to the caller as is."""
+
+    def __init__(self, shard_id: int, exc: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"shard {shard_id}: {exc.details()}")
+        self.code = exc.code()
+        self.details = exc.details() or ""
+
+
+@dataclass
+class FanoutResult:
+    responses: dict[int, shard_pb2.SearchResponse] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    hedges_sent: int = 0
+
+
+class ReplicaSet:
+    """The replicas of one shard: stubs, a rotating preference order, recent latencies."""
+
+    def __init__(self, shard_id: int, addresses: tuple[str, ...], options: list[tuple[str, int]]) -> None:
+        self.shard_id = shard_id
+        self.addresses = addresses
+        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        self.stubs = [shard_pb2_grpc.SearchShardStub(c) for c in self.channels]
+        self.latency = LatencyWindow()
+        self._next = random.randrange(len(addresses))
+        self._bad_until = [0.0] * len(addresses)
+
+    def order(self) -> list[int]:
+        """Replica indexes to try: round-robin start, recently failed replicas last."""
+        n = len(self.stubs)
+        start = self._next
+        self._next = (self._next + 1) % n
+        rot = [(start + i) % n for i in range(n)]
+        now = time.monotonic()
+        return sorted(rot, key=lambda i: self._bad_until[i] > now)
+
+    def mark_bad(self, i: int) -> None:
+        self._bad_until[i] = time.monotonic() + _BAD_REPLICA_S
+
+
+class ShardFanout:
+    def __init__(self, cfg: GatewayConfig, metrics: GatewayMetrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ]
+        self.shards = [ReplicaSet(i, addrs, opts) for i, addrs in enumerate(cfg.shard_map.shards)]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    async def close(self) -> None:
+        for rs in self.shards:
+            for ch in rs.channels:
+                await ch.close()
+
+    def _record_failure(self, rs: ReplicaSet, replica: int, exc: BaseException) -> None:
+        code = _code(exc)
+        self.metrics.shard_errors.labels(str(rs.shard_id), code.name).inc()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            rs.mark_bad(replica)
+
+    async def _call(
+        self, rs: ReplicaSet, method: str, req: Any, deadline: float, hedge: bool
+    ) -> tuple[Any, int]:
+        """One logical call to a shard: hedged (reads) or failover-only (hedge=False).
+
+        Returns (response, hedges sent).
+        """
+        order = rs.order()
+
+        def attempt(i: int) -> Callable[[], Awaitable[Any]]:
+            async def run() -> Any:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise TimeoutError()
+                try:
+                    return await getattr(rs.stubs[i], method)(req, timeout=timeout)
+                except BaseException as exc:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        self._record_failure(rs, i, exc)
+                    raise
+
+            return run
+
+        cfg = self.cfg
+        delay = (
+            rs.latency.hedge_delay(
+                cfg.hedge_delay_ms / 1e3, cfg.hedge_min_ms / 1e3, cfg.hedge_max_ms / 1e3, cfg.hedge_adaptive
+            )
+            if hedge
+            else 1e9
+        )
+        t0 = time.monotonic()
+        out = await hedged([attempt(i) for i in order], delay, _retryable)
+        elapsed = time.monotonic() - t0
+        rs.latency.add(elapsed)
+        label = str(rs.shard_id)
+        self.metrics.shard_seconds.labels(label).observe(elapsed)
+        if out.hedges_sent:
+            self.metrics.hedges_sent.labels(label).inc(out.hedges_sent)
+        if out.hedge_won:
+            self.metrics.hedges_won.labels(label).inc()
+        return out.value, out.hedges_sent
+
+    async def _search_one(
+        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float
+    ) -> tuple[shard_pb2.SearchResponse, int]:
+        resp, hedges = await self._call(rs, "Search", req, deadline, hedge=True)
+        return resp, hedges
+
+    async def search(self, req: shard_pb2.SearchRequest, deadline: float) -> FanoutResult:
+        """Query every shard in parallel; missing shards are listed, not fatal (unless all miss)."""
+        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline)) for rs in self.shards]
+        result = FanoutResult()
+        await asyncio.wait(tasks)
+        for rs, task in zip(self.shards, tasks, strict=True):
+            exc = task.exception()
+            if exc is None:
+                resp, hedges = task.result()
+                result.responses[rs.shard_id] = resp
+                result.hedges_sent += hedges
+                continue
+            if isinstance(exc, grpc.aio.AioRpcError) and not _retryable(exc):
+                raise ShardCallError(rs.shard_id, exc)
+            result.missing.append(rs.shard_id)
+            result.errors[rs.shard_id] = _describe(exc)
+        if result.missing:
+            self.metrics.partial_results.inc()
+        return result
+
+    def owner(self, item_id: str) -> ReplicaSet:
+        return self.shards[ids.shard_for(item_id, self.num_shards)]
+
+    async def get(self, item_id: str, deadline: float, include_vectors: bool = True) -> shard_pb2.GetResponse:
+        rs = self.owner(item_id)
+        req = shard_pb2.GetRequest(item_ids=[item_id], include_vectors=include_vectors)
+        try:
+            resp, _ = await self._call(rs, "Get", req, deadline, hedge=True)
+        except AllAttemptsFailed as e:
+            raise ShardUnavailable(rs.shard_id, e) from e
+        return resp  # type: ignore[no-any-return]
+
+    async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> list[Any]:
+        """Send a write to every replica of a shard; raises if any replica failed (caller reports)."""
+        rs = self.shards[shard_id]
+
+        async def one(i: int) -> Any:
+            timeout = max(0.001, deadline - time.monotonic())
+            try:
+                return await getattr(rs.stubs[i], method)(req, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                self._record_failure(rs, i, exc)
+                raise
+
+        results = await asyncio.gather(*(one(i) for i in range(len(rs.stubs))), return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, grpc.aio.AioRpcError):
+                if not _retryable(r):
+                    raise ShardCallError(rs.shard_id, r)
+                raise ShardUnavailable(rs.shard_id, r, replica=rs.addresses[i])
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+    async def stats(self, deadline: float) -> list[shard_pb2.StatsResponse | None]:
+        async def one(rs: ReplicaSet) -> shard_pb2.StatsResponse | None:
+            try:
+                resp, _ = await self._call(rs, "Stats", shard_pb2.StatsRequest(), deadline, hedge=False)
+                return resp  # type: ignore[no-any-return]
+            except (AllAttemptsFailed, grpc.aio.AioRpcError):
+                return None
+
+        return list(await asyncio.gather(*(one(rs) for rs in self.shards)))
+
+
+class ShardUnavailable(Exception):
+    """No replica of a shard could serve a call that has no partial answer (get / write)."""
+
+    def __init__(self, shard_id: int, cause: BaseException, replica: str | None = None) -> None:
+        where = f"shard {shard_id}" + (f" replica {replica}" if replica else "")
+        super().__init__(f"{where} unavailable: {_describe(cause)}")
+        self.shard_id = shard_id
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, AllAttemptsFailed) and exc.errors:
+        exc = exc.errors[-1]
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "DEADLINE_EXCEEDED"
+    return f"{type(exc).__name__}: {exc}"

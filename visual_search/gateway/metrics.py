@@ -1,0 +1,52 @@
+"""Prometheus metrics of the gateway (R17): per-stage and per-shard latency, hedging, partials.
+
+Each Gateway owns its registry (several gateways can live in one test process); `serve()` exposes
+it on /metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+_NORM_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.001, 1.005, 1.01, 1.02, 1.05, 1.1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "vsearch_gateway_stage_seconds", "Wall time per query stage", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.shard_seconds = Histogram(
+            "vsearch_gateway_shard_seconds", "Shard answer time seen by the gateway (incl. hedge)",
+            ["shard"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.hedges_sent = Counter(
+            "vsearch_gateway_hedges_sent", "Hedged requests sent to another replica", ["shard"], registry=r
+        )
+        self.hedges_won = Counter(
+            "vsearch_gateway_hedges_won", "Hedged requests that answered first", ["shard"], registry=r
+        )
+        self.shard_errors = Counter(
+            "vsearch_gateway_shard_errors", "Failed shard replica calls", ["shard", "code"], registry=r
+        )
+        self.partial_results = Counter(
+            "vsearch_gateway_partial_results", "Queries answered without some shard", registry=r
+        )
+        self.requests = Counter(
+            "vsearch_gateway_requests", "Public API calls by method and status", ["method", "code"],
+            registry=r,
+        )
+        self.embedding_norm = Histogram(
+            "vsearch_gateway_embedding_norm", "L2 norm of embeddings from Triton (drift signal)",
+            buckets=_NORM_BUCKETS, registry=r,
+        )
+        self.indexed_items = Counter(
+            "vsearch_gateway_indexed_items", "Items through IndexItems by outcome", ["outcome"], registry=r
+        )
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
