@@ -71,7 +71,9 @@ class ShardProcess:
         self.model_version = model_version
         self.metrics_port = metrics_port
         self.extra_args = list(extra_args or [])
-        self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"shard{shard_id}-{self.port}.log"
+        self.log_path = (
+            Path(log_path) if log_path else self.data_dir.parent / f"shard{shard_id}-{self.port}.log"
+        )
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
@@ -82,12 +84,20 @@ class ShardProcess:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "visual_search.cli", "shard",
-            "--data-dir", str(self.data_dir),
-            "--port", str(self.port),
-            "--host", "127.0.0.1",
-            "--shard-id", str(self.shard_id),
-            "--model-version", self.model_version,
+            sys.executable,
+            "-m",
+            "visual_search.cli",
+            "shard",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--shard-id",
+            str(self.shard_id),
+            "--model-version",
+            self.model_version,
         ]
         if self.metrics_port is not None:
             cmd += ["--metrics-port", str(self.metrics_port)]

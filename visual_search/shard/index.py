@@ -1,0 +1,130 @@
+"""FAISS first stage: exact (flat) while the shard is small, IVF-PQ once it is big enough to
+train. Ids are 64-bit entry ids (add_with_ids); the index only nominates candidates, scores
+come from the float16 store. Uses a GPU copy of the index when a GPU build and device exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    pq_m: int = 32
+    pq_bits: int = 8  # 8 = classic PQ (R11); 4 = fast-scan ("PQ32x4fs")
+    train_threshold: int = 20_000  # entries below which the shard stays exact (flat)
+    nlist: int = 0  # 0 = choose from the data size
+    default_nprobe: int = 32
+    max_train_points: int = 256 * 1024
+    use_gpu: bool = True
+
+
+def choose_nlist(n: int) -> int:
+    """~4*sqrt(n) lists as a power of two, with >= 39 training points per list."""
+    target = 4 * math.sqrt(max(n, 1))
+    nlist = 2 ** max(4, round(math.log2(target)))
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return int(min(nlist, 65536))
+
+
+def gpu_available() -> bool:
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - any failure probing the GPU means "no GPU"
+        return False
+
+
+class AnnIndex:
+    """One immutable-structure FAISS index (entries can be added; retrain = new AnnIndex)."""
+
+    def __init__(self, index: faiss.Index, description: str, trained: bool, use_gpu: bool = False) -> None:
+        self.cpu_index = index
+        self.description = description
+        self.trained = trained
+        self.gpu = False
+        self._gpu_res = None
+        self.index = index
+        if use_gpu and trained and gpu_available():  # pragma: no cover - no GPU here
+            try:
+                self._gpu_res = faiss.StandardGpuResources()
+                self.index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+                self.gpu = True
+            except Exception as exc:  # noqa: BLE001 - e.g. fast-scan has no GPU version
+                log.warning("GPU index unavailable, staying on CPU", extra={"error": str(exc)})
+                self.index = index
+
+    @classmethod
+    def flat(cls, dim: int) -> AnnIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), "flat", trained=False)
+
+    @classmethod
+    def train_ivfpq(
+        cls, dim: int, vectors: np.ndarray, cfg: IndexConfig, rng: np.random.Generator | None = None
+    ) -> AnnIndex:
+        n = len(vectors)
+        nlist = cfg.nlist or choose_nlist(n)
+        suffix = "x4fs" if cfg.pq_bits == 4 else ("" if cfg.pq_bits == 8 else f"x{cfg.pq_bits}")
+        desc = f"IVF{nlist},PQ{cfg.pq_m}{suffix}"
+        index = faiss.index_factory(dim, desc, faiss.METRIC_INNER_PRODUCT)
+        rng = rng or np.random.default_rng(0)
+        n_train = min(n, max(cfg.max_train_points, 0))
+        sample = vectors if n_train >= n else vectors[np.sort(rng.choice(n, n_train, replace=False))]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(index, desc, trained=True, use_gpu=cfg.use_gpu)
+
+    @classmethod
+    def deserialize(cls, data: bytes, description: str, use_gpu: bool) -> AnnIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        return cls(index, description, trained=description != "flat", use_gpu=use_gpu)
+
+    def serialize(self) -> bytes:
+        index = faiss.index_gpu_to_cpu(self.index) if self.gpu else self.index  # pragma: no branch
+        return bytes(faiss.serialize_index(index))
+
+    def add(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(entry_ids):
+            self.index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32),
+                np.ascontiguousarray(entry_ids, dtype=np.int64),
+            )
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        if self.trained:
+            params = faiss.SearchParametersIVF(nprobe=max(1, min(nprobe, self.nlist)))  # type: ignore[call-arg]
+            return self.index.search(queries, k, params=params)  # type: ignore[no-any-return]
+        return self.index.search(queries, k)  # type: ignore[no-any-return]
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def nlist(self) -> int:
+        return int(faiss.extract_index_ivf(self.cpu_index).nlist) if self.trained else 0
+
+    def memory_bytes(self) -> int:
+        """RAM of codes + ids (+ centroids and codebooks) of the index, or the flat copy."""
+        if not self.trained:
+            return self.ntotal * (self.cpu_index.d * 4 + 8)
+        ivf: Any = faiss.extract_index_ivf(self.cpu_index)
+        inv: Any = ivf.invlists
+        code_size = inv.code_size
+        total = 0
+        bs = getattr(ivf, "bbs", 0)  # fast-scan stores codes in blocks of bbs vectors
+        for i in range(ivf.nlist):
+            size = inv.list_size(i)
+            if bs:
+                total += -(-size // bs) * bs * ivf.M2 // 2 + size * 8
+            else:
+                total += size * (code_size + 8)
+        return int(total + ivf.nlist * ivf.d * 4)

@@ -1,0 +1,109 @@
+"""Shard process: engine + gRPC (SearchShard, health, reflection) + metrics + signals.
+
+SIGTERM/SIGINT: health -> NOT_SERVING, stop accepting, drain in-flight RPCs (grace period),
+stop background work, write a final snapshot, exit 0. SIGKILL is survived by WAL replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import faiss
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from visual_search import logs
+from visual_search.shard.engine import EngineConfig, ShardEngine, StampMismatch
+from visual_search.shard.index import IndexConfig
+from visual_search.shard.metrics import ShardMetrics
+from visual_search.shard.service import ShardServicer
+from visual_search.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger("visual_search.shard")
+SERVICE_NAME = shard_pb2.DESCRIPTOR.services_by_name["SearchShard"].full_name
+_MB = 1024 * 1024
+
+
+def config_from_args(a: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        index=IndexConfig(
+            pq_m=a.pq_m,
+            pq_bits=a.pq_bits,
+            train_threshold=a.train_threshold,
+            nlist=a.nlist,
+            default_nprobe=a.nprobe,
+            use_gpu=not a.no_gpu,
+        ),
+        default_rescore_k=a.rescore_k,
+        snapshot_interval_s=a.snapshot_interval,
+        snapshot_wal_bytes=int(a.snapshot_wal_mb * _MB),
+        policy_interval_s=a.policy_interval,
+        tombstone_ratio=a.tombstone_ratio,
+    )
+
+
+def serve(a: argparse.Namespace) -> int:
+    logs.setup(f"shard-{a.shard_id}", a.log_level)
+    if a.faiss_threads:
+        faiss.omp_set_num_threads(a.faiss_threads)
+    try:
+        engine = ShardEngine(
+            a.data_dir,
+            shard_id=a.shard_id,
+            model_version=a.model_version,
+            dim=a.dim,
+            config=config_from_args(a),
+        )
+    except StampMismatch as exc:
+        log.error("refusing to start", extra={"error": str(exc)})
+        return 2
+    metrics = ShardMetrics(engine)
+    if a.metrics_port:
+        start_http_server(a.metrics_port, registry=metrics.registry)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=a.workers),
+        options=[
+            ("grpc.max_receive_message_length", 64 * _MB),
+            ("grpc.max_send_message_length", 64 * _MB),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    shard_pb2_grpc.add_SearchShardServicer_to_server(ShardServicer(engine, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{a.host}:{a.port}"
+    if server.add_insecure_port(address) == 0:
+        log.error("cannot bind", extra={"address": address})
+        return 1
+    server.start()
+    engine.start_policy()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stats = engine.stats()
+    log.info(
+        "shard serving",
+        extra={"address": address, "metrics_port": a.metrics_port, "model_version": a.model_version, **stats},
+    )
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.stop(a.grace).wait()
+    engine.close(final_snapshot=True)
+    log.info("shard stopped", extra={"wal_sequence": engine.applied_seq})
+    return 0

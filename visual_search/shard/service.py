@@ -1,0 +1,183 @@
+"""gRPC servicer: protobuf <-> engine, validation errors -> status codes, metrics per RPC."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+
+from visual_search.shard.engine import DeadlineExceeded, ShardEngine
+from visual_search.shard.filters import compile_filter
+from visual_search.shard.metrics import ShardMetrics
+from visual_search.shard.validation import (
+    ValidationError,
+    VersionMismatch,
+    check_id_list,
+    check_model_version,
+    check_search_params,
+    decode_queries,
+)
+from visual_search.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Time the RPC and map known exceptions to status codes (the shard keeps serving)."""
+
+    def deco(fn: Callable[..., R]) -> Callable[..., R]:
+        @wraps(fn)
+        def wrapper(self: ShardServicer, request: Any, context: grpc.ServicerContext) -> R:
+            t0 = time.perf_counter()
+            code, msg = None, ""
+            try:
+                return fn(self, request, context)
+            except ValidationError as exc:
+                code, msg = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            except VersionMismatch as exc:
+                code, msg = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            except DeadlineExceeded as exc:
+                code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+            except Exception as exc:  # noqa: BLE001 - never crash the server on one request
+                log.exception("internal error", extra={"method": method})
+                code, msg = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+            finally:
+                self.metrics.rpc.labels(self.metrics.shard, method).observe(time.perf_counter() - t0)
+            self.metrics.errors.labels(self.metrics.shard, method, code.name).inc()
+            context.abort(code, msg)
+            raise AssertionError("unreachable")  # context.abort raises
+
+        return wrapper
+
+    return deco
+
+
+def _deadline_check(context: grpc.ServicerContext) -> Callable[[], bool]:
+    def expired() -> bool:
+        remaining = context.time_remaining()
+        return remaining is not None and remaining <= 0
+
+    return expired
+
+
+class ShardServicer(shard_pb2_grpc.SearchShardServicer):
+    def __init__(self, engine: ShardEngine, metrics: ShardMetrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    @_rpc("Search")
+    def Search(
+        self, request: shard_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.SearchResponse:
+        eng = self.engine
+        check_model_version(request.model_version, eng.model_version)
+        check_search_params(request)
+        queries = decode_queries(request.queries, eng.dim)
+        flt = compile_filter(request.filter)
+        if _deadline_check(context)():
+            raise DeadlineExceeded("deadline exceeded before search started")
+        results, t = eng.search(
+            queries,
+            request.k,
+            nprobe=request.nprobe,
+            rescore_k=request.rescore_k,
+            flt=flt,
+            exact=request.exact,
+            include_vectors=request.include_vectors,
+            deadline=_deadline_check(context),
+        )
+        m = self.metrics
+        m.stage.labels(m.shard, "ann").observe(t.ann_s)
+        m.stage.labels(m.shard, "rescore").observe(t.rescore_s)
+        m.stage.labels(m.shard, "filter").observe(t.filter_s)
+        resp = shard_pb2.SearchResponse(
+            model_version=eng.model_version,
+            shard_id=eng.shard_id,
+            ann_us=int(t.ann_s * 1e6),
+            rescore_us=int(t.rescore_s * 1e6),
+            filter_us=int(t.filter_s * 1e6),
+        )
+        for hits in results:
+            res = resp.results.add()
+            for h in hits:
+                res.hits.add(
+                    item_id=h.item_id,
+                    entry_id=h.entry_id,
+                    score=h.score,
+                    metadata=h.metadata,
+                    box=h.box,
+                    vector_f16=h.vector_f16,
+                )
+        return resp
+
+    @_rpc("Upsert")
+    def Upsert(
+        self, request: shard_pb2.UpsertRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.UpsertResponse:
+        check_model_version(request.model_version, self.engine.model_version)
+        if _deadline_check(context)():
+            raise DeadlineExceeded("deadline exceeded before the write; nothing was written")
+        items, entries, seq = self.engine.upsert(request)
+        return shard_pb2.UpsertResponse(upserted_items=items, upserted_entries=entries, wal_sequence=seq)
+
+    @_rpc("UpsertStream")
+    def UpsertStream(
+        self, request_iterator: Iterator[shard_pb2.UpsertRequest], context: grpc.ServicerContext
+    ) -> shard_pb2.UpsertResponse:
+        """Each message is validated and made durable on arrival; on a bad message the error names
+        it and says how much was already written (earlier messages stay written)."""
+        items = entries = seq = 0
+        for i, request in enumerate(request_iterator):
+            try:
+                check_model_version(request.model_version, self.engine.model_version)
+                n_items, n_entries, seq = self.engine.upsert(request)
+            except (ValidationError, VersionMismatch) as exc:
+                raise type(exc)(
+                    f"stream message {i}: {exc} (messages 0..{i - 1} were written: "
+                    f"{items} items, wal_sequence {seq})"
+                ) from exc
+            items += n_items
+            entries += n_entries
+        return shard_pb2.UpsertResponse(upserted_items=items, upserted_entries=entries, wal_sequence=seq)
+
+    @_rpc("Delete")
+    def Delete(
+        self, request: shard_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.DeleteResponse:
+        check_id_list(request.item_ids, "item_ids")
+        deleted, not_found, seq = self.engine.delete(list(request.item_ids))
+        return shard_pb2.DeleteResponse(deleted=deleted, not_found=not_found, wal_sequence=seq)
+
+    @_rpc("Get")
+    def Get(self, request: shard_pb2.GetRequest, context: grpc.ServicerContext) -> shard_pb2.GetResponse:
+        check_id_list(request.item_ids, "item_ids")
+        items, missing = self.engine.get(list(request.item_ids), request.include_vectors)
+        return shard_pb2.GetResponse(items=items, not_found=missing)
+
+    @_rpc("Stats")
+    def Stats(
+        self, request: shard_pb2.StatsRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.StatsResponse:
+        eng = self.engine
+        return shard_pb2.StatsResponse(
+            shard_id=eng.shard_id, model_version=eng.model_version, dim=eng.dim, **eng.stats()
+        )
+
+    @_rpc("Rebuild")
+    def Rebuild(
+        self, request: shard_pb2.RebuildRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.RebuildResponse:
+        started, message = self.engine.rebuild(wait=request.wait)
+        return shard_pb2.RebuildResponse(started=started, message=message)
+
+    @_rpc("Snapshot")
+    def Snapshot(
+        self, request: shard_pb2.SnapshotRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.SnapshotResponse:
+        seq, path = self.engine.snapshot()
+        return shard_pb2.SnapshotResponse(wal_sequence=seq, path=path)
