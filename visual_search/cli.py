@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: list[str] = [
     "visual_search.shard.cli",
+    "visual_search.triton.cli",
 ]
 BENCH_MODULES: list[str] = [
     "visual_search.bench.shard_bench",

@@ -1,0 +1,1 @@
+"""Triton model repository: python-backend model code and the config generator."""

@@ -1,0 +1,46 @@
+"""Triton python model `crop`: image + boxes -> encoder inputs, through visual_search.preprocess.
+
+Inputs (all optional, exactly one image source):
+  IMAGE      encoded bytes (the `embed` ensemble decodes here)
+  IMAGE_RGB  an already decoded image (from `preprocess` in `detect_and_embed`)
+  BOXES      [N, 4] detections: output is N object crops followed by the whole image (N may be 0)
+  BOX        [4] caller-given box: output is that one crop (checked by validate_box)
+Neither box input: the whole image. Output PIXELS_ALL [M, 3, 224, 224] goes to `encoder` as one
+request of batch M, so a variable number of objects rides Triton's normal batching.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+from visual_search.preprocess import crop, decode_image, encoder_input, validate_box
+from visual_search.triton import names as N
+from visual_search.triton.pbmodel import image_bytes, input_array, respond_each
+
+
+def _pixels(img: np.ndarray, boxes: np.ndarray | None, box: np.ndarray | None) -> np.ndarray:
+    h, w = img.shape[:2]
+    if box is not None:
+        return encoder_input(crop(img, validate_box(box, w, h)))[None]
+    parts = [encoder_input(crop(img, b)) for b in (boxes if boxes is not None else [])]
+    parts.append(encoder_input(img))
+    return np.stack(parts)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        pass
+
+    def _one(self, request: Any) -> dict[str, np.ndarray]:
+        img = input_array(pb_utils, request, N.IMAGE_RGB)
+        if img is None:
+            img = decode_image(image_bytes(pb_utils, request, N.IMAGE))
+        boxes = input_array(pb_utils, request, N.BOXES)
+        box = input_array(pb_utils, request, N.BOX)
+        return {N.PIXELS_ALL: _pixels(img, None if boxes is None else boxes.reshape(-1, 4), box)}
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return respond_each(pb_utils, requests, self._one)

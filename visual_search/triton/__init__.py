@@ -1,0 +1,1 @@
+"""Serving on Triton: repository generation lives in ensemble/, launching and clients here."""

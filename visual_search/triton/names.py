@@ -1,0 +1,39 @@
+"""Public names of the Triton ensembles and their tensors (what clients and the gateway call).
+
+Internal model tensors (detector/encoder) use the ONNX names from visual_search.contract so the
+GPU flavour can serve the same files with Triton's native onnxruntime backend.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ensembles
+DETECT: Final = "detect"
+EMBED: Final = "embed"
+DETECT_AND_EMBED: Final = "detect_and_embed"
+
+# composing models
+PREPROCESS: Final = "preprocess"
+DETECTOR: Final = "detector"
+POSTPROCESS: Final = "postprocess"
+CROP: Final = "crop"
+ENCODER: Final = "encoder"
+SPLIT: Final = "split"
+
+# tensors
+IMAGE: Final = "IMAGE"  # BYTES [1]: encoded image file
+BOX: Final = "BOX"  # FP32 [4]: optional caller-given x1,y1,x2,y2 in original pixels (embed)
+IMAGE_RGB: Final = "IMAGE_RGB"  # UINT8 [H, W, 3]: decoded, EXIF-rotated (internal)
+LETTERBOX: Final = "LETTERBOX"  # FP32 [1, 5]: scale, pad_x, pad_y, width, height (internal)
+BOXES: Final = "BOXES"  # FP32 [N, 4]: x1,y1,x2,y2 in original image pixels
+SCORES: Final = "SCORES"  # FP32 [N]
+CLASSES: Final = "CLASSES"  # INT32 [N]: COCO class ids
+PIXELS_ALL: Final = "PIXELS_ALL"  # internal: [N+1, 3, 224, 224] object crops then whole image
+EMBEDDINGS_ALL: Final = "EMBEDDINGS_ALL"  # internal: [N+1, D]
+EMBEDDING: Final = "EMBEDDING"  # FP16 [1, D]: the one embedding of `embed`
+EMBEDDINGS: Final = "EMBEDDINGS"  # FP16 [N, D]: one per detected object
+IMAGE_EMBEDDING: Final = "IMAGE_EMBEDDING"  # FP16 [1, D]: whole image
+
+# model config parameter carrying the encoder's version (checked by the gateway)
+ENCODER_VERSION_PARAM: Final = "encoder_version"
