@@ -16,10 +16,14 @@ from collections.abc import Sequence
 COMMAND_MODULES: list[str] = [
     "visual_search.shard.cli",
     "visual_search.triton.cli",
+    "visual_search.gateway.cli",
+    "visual_search.client_cli",
+    "visual_search.launcher",
 ]
 BENCH_MODULES: list[str] = [
     "visual_search.bench.shard_bench",
     "visual_search.bench.crash",
+    "visual_search.bench.e2e",
 ]
 
 

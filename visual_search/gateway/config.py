@@ -84,6 +84,7 @@ class GatewayConfig:
     tls_key: str | None = None
     max_message_bytes: int = 32 * 1024 * 1024
     index_concurrency: int = 4
+    index_item_timeout_s: float = 120.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -1,0 +1,70 @@
+"""`vsearch gateway`: run the public API server (flags; secrets may come from the environment)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real import is lazy so `vsearch --help` stays fast
+    from visual_search.gateway.config import GatewayConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("gateway", help="run the public gRPC gateway")
+    add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument(
+        "--shards", default=env("VSEARCH_SHARDS"), required=not env("VSEARCH_SHARDS"),
+        help="shard map 'h:p,h:p;h:p' (';' between shards, ',' between replicas) or a JSON file "
+        "[env VSEARCH_SHARDS]",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 = pick a free port (printed)")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument("--triton", default=env("VSEARCH_TRITON"), help="Triton gRPC host:port [env]")
+    p.add_argument("--model-version", default=env("VSEARCH_MODEL_VERSION"),
+                   help="served model version (default: from Triton, else from the shards)")
+    p.add_argument("--hedge-delay-ms", type=float, default=20.0)
+    p.add_argument("--no-adaptive-hedge", action="store_true", help="always hedge after --hedge-delay-ms")
+    p.add_argument("--default-deadline", type=float, default=5.0, help="seconds, when the caller sets none")
+    p.add_argument("--boost-available", type=float, default=0.02)
+    p.add_argument("--boost-region", type=float, default=0.02)
+    p.add_argument("--dedup-threshold", type=float, default=0.95)
+    p.add_argument("--index-concurrency", type=int, default=4)
+    p.add_argument("--auth-token", default=env("VSEARCH_AUTH_TOKEN"),
+                   help="require 'authorization: Bearer <token>' [env VSEARCH_AUTH_TOKEN]")
+    p.add_argument("--tls-cert", default=env("VSEARCH_TLS_CERT"))
+    p.add_argument("--tls-key", default=env("VSEARCH_TLS_KEY"))
+    p.add_argument("--max-message-mb", type=float, default=32.0)
+    p.add_argument("--log-level", default="INFO")
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    from visual_search.gateway.config import GatewayConfig, ShardMap
+
+    return GatewayConfig(
+        shard_map=ShardMap.parse(args.shards), host=args.host, port=args.port, metrics_port=args.metrics_port,
+        triton_url=args.triton or None, model_version=args.model_version or None,
+        hedge_delay_ms=args.hedge_delay_ms, hedge_adaptive=not args.no_adaptive_hedge,
+        default_deadline_s=args.default_deadline, boost_available=args.boost_available,
+        boost_region=args.boost_region, dedup_threshold=args.dedup_threshold,
+        index_concurrency=args.index_concurrency, auth_token=args.auth_token or None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from visual_search.gateway.server import run_until_signalled
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_until_signalled(config_from_args(args)))
+    return 0

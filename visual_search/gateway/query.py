@@ -1,0 +1,124 @@
+"""Turn a public Search request into query vectors: which box of which photo, or which vector.
+
+Image queries (R1, R2): unset selection = the most salient detection (confidence x area), or the
+whole image when nothing is detected; `box_index` = a detection as Detect() orders them; `box` =
+an explicit box; `all_objects` = one query per detection; `whole_image` = no detection at all.
+Vector queries must carry the served model version (R6). Item-id queries ("more like this") use
+the item's stored vector of its most salient object (entry 1, as indexed), else the whole image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from grpc import StatusCode
+
+from visual_search import ids
+from visual_search.gateway import validation as V
+from visual_search.gateway.embedder import Embedder, Objects
+from visual_search.gateway.fanout import ShardFanout
+from visual_search.gateway.labels import class_name
+from visual_search.gateway.phash import phash
+from visual_search.v1 import search_pb2
+
+
+@dataclass
+class QuerySpec:
+    vector: np.ndarray  # float32 unit vector
+    box: tuple[float, ...] = ()  # query-side box; () = whole image / no photo
+    detection_index: int = -1
+    class_name: str = ""
+
+
+@dataclass
+class ResolvedQuery:
+    specs: list[QuerySpec]
+    triton_s: float = 0.0
+    query_phash: int = 0
+    exclude_item: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _spec_from_object(objs: Objects, i: int, vec: np.ndarray) -> QuerySpec:
+    return QuerySpec(
+        vector=vec,
+        box=tuple(float(v) for v in objs.boxes[i]),
+        detection_index=i,
+        class_name=class_name(int(objs.classes[i])),
+    )
+
+
+async def _resolve_image(
+    q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float
+) -> ResolvedQuery:
+    rgb = V.decode_image(q.image)
+    h, w = rgb.shape[:2]
+    if embedder is None:
+        raise V.ApiError(StatusCode.UNAVAILABLE, "image queries need Triton, which this gateway has not got")
+    t0 = time.monotonic()
+    sel = q.WhichOneof("selection")
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    specs: list[QuerySpec]
+    if sel == "whole_image":
+        specs = [QuerySpec(await embedder.embed(q.image, None, left()))]
+    elif sel == "box":
+        box = V.check_box(q.box, w, h)
+        specs = [QuerySpec(await embedder.embed(q.image, box.tolist(), left()), tuple(map(float, box)))]
+    elif sel == "all_objects":
+        objs = await embedder.detect_and_embed(q.image, w, h, left())
+        if len(objs) and objs.embeddings is not None:
+            specs = [_spec_from_object(objs, i, objs.embeddings[i]) for i in range(len(objs))]
+        else:
+            assert objs.image_embedding is not None
+            specs = [QuerySpec(objs.image_embedding)]
+    else:
+        objs = await embedder.detect(q.image, w, h, left())
+        idx = int(q.box_index) if sel == "box_index" else 0
+        if sel == "box_index" and idx >= len(objs):
+            raise V.invalid(f"box_index {idx} out of range: the photo has {len(objs)} detected objects")
+        if len(objs):
+            vec = await embedder.embed(q.image, objs.boxes[idx].tolist(), left())
+            specs = [_spec_from_object(objs, idx, vec)]
+        else:
+            specs = [QuerySpec(await embedder.embed(q.image, None, left()))]
+    return ResolvedQuery(specs, triton_s=time.monotonic() - t0, query_phash=phash(rgb))
+
+
+async def _resolve_item(item_id: str, fanout: ShardFanout, deadline: float) -> ResolvedQuery:
+    V.check_item_id(item_id)
+    resp = await fanout.get(item_id, deadline, include_vectors=True)
+    if not resp.items:
+        raise V.ApiError(StatusCode.NOT_FOUND, f"item {item_id!r} is not indexed")
+    item = resp.items[0]
+    by_id = {e.entry_id: e for e in item.entries}
+    entry = by_id.get(ids.entry_id(item_id, 1)) or by_id.get(ids.entry_id(item_id, 0)) or item.entries[0]
+    if entry.vector_f16:
+        vec = np.frombuffer(entry.vector_f16, dtype="<f2").astype(np.float32)
+    else:
+        vec = np.asarray(entry.vector_f32, np.float32)
+    vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+    return ResolvedQuery(
+        [QuerySpec(vec, tuple(entry.box))], query_phash=int(item.metadata.phash), exclude_item=item_id
+    )
+
+
+async def resolve(
+    req: search_pb2.QueryRequest,
+    embedder: Embedder | None,
+    fanout: ShardFanout,
+    served_version: str,
+    deadline: float,
+) -> ResolvedQuery:
+    kind = req.WhichOneof("query")
+    if kind == "image":
+        return await _resolve_image(req.image, embedder, deadline)
+    if kind == "vector":
+        return ResolvedQuery([QuerySpec(V.decode_query_vector(req.vector, served_version))])
+    if kind == "item_id":
+        return await _resolve_item(req.item_id, fanout, deadline)
+    raise V.invalid("query is empty: set image, vector or item_id")

@@ -1,0 +1,241 @@
+"""The VisualSearch gRPC servicer: boundary checks, deadlines, stage timings, error mapping.
+
+Deadlines: the caller's remaining time (or config.default_deadline_s when none) bounds Triton
+and every shard call; shards get it minus a small margin so merge and re-rank still fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from visual_search import contract
+from visual_search.gateway import validation as V
+from visual_search.gateway.config import GatewayConfig
+from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
+from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
+from visual_search.gateway.ingest import Indexer
+from visual_search.gateway.labels import class_name
+from visual_search.gateway.merge import Candidate, merge_topk
+from visual_search.gateway.metrics import GatewayMetrics
+from visual_search.gateway.query import resolve
+from visual_search.gateway.rerank import RerankParams, rerank
+from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+_DUP_MARGIN = 5  # extra candidates per shard beyond k * candidate_factor
+
+
+def _box(b: tuple[float, ...] | Any) -> search_pb2.Box | None:
+    b = tuple(b)
+    return search_pb2.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]) if len(b) == 4 else None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """Map gateway errors to gRPC statuses and count calls per method/code."""
+
+    def wrap(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(fn)
+        async def inner(self: VisualSearchService, request: Any, context: grpc.aio.ServicerContext) -> R:
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except V.ApiError as e:
+                code, msg = e.code, e.message
+            except ShardCallError as e:
+                code, msg = e.code, str(e)
+            except ShardUnavailable as e:
+                code, msg = grpc.StatusCode.UNAVAILABLE, str(e)
+            except InferenceError as e:
+                code, msg = inference_status(e), f"inference failed: {e.message}"
+            except TimeoutError:
+                code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+            finally:
+                self.metrics.requests.labels(name, code.name).inc()
+            await context.abort(code, msg)
+            raise AssertionError("unreachable")
+
+        return inner
+
+    return wrap
+
+
+class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
+    def __init__(
+        self, cfg: GatewayConfig, fanout: ShardFanout, embedder: Embedder | None,
+        metrics: GatewayMetrics, model_version: str,
+    ) -> None:
+        self.cfg = cfg
+        self.fanout = fanout
+        self.embedder = embedder
+        self.metrics = metrics
+        self.model_version = model_version
+        self.indexer = Indexer(embedder, fanout, model_version)
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        budget = self.cfg.default_deadline_s if remaining is None else min(remaining, 3600.0)
+        return time.monotonic() + budget
+
+    @api_method("Detect")
+    async def Detect(
+        self, request: search_pb2.DetectRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.DetectResponse:
+        t0 = time.monotonic()
+        rgb = V.decode_image(request.image)
+        if self.embedder is None:
+            raise V.ApiError(grpc.StatusCode.UNAVAILABLE, "Detect needs Triton (not configured)")
+        h, w = rgb.shape[:2]
+        objs = await self.embedder.detect(request.image, w, h, self._deadline(context) - time.monotonic())
+        triton_s = time.monotonic() - t0
+        self.metrics.stage_seconds.labels("triton").observe(triton_s)
+
+        resp = search_pb2.DetectResponse(
+            width=w, height=h, model_version=self.model_version, default_index=0 if len(objs) else -1,
+            timings=search_pb2.StageTimings(triton_ms=_ms(triton_s), total_ms=_ms(time.monotonic() - t0)),
+        )
+        for i in range(len(objs)):
+            resp.detections.add(
+                index=i, box=_box(objs.boxes[i]), class_id=int(objs.classes[i]),
+                class_name=class_name(int(objs.classes[i])), score=float(objs.scores[i]),
+                salience=float(objs.salience[i]), is_default=i == 0,
+            )
+        return resp
+
+    @api_method("Search")
+    async def Search(
+        self, request: search_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.QueryResponse:
+        t0 = time.monotonic()
+        V.check_k(request.k)
+        V.check_filter(request.filter)
+        opts = request.options
+        deadline = self._deadline(context)
+        rq = await resolve(request, self.embedder, self.fanout, self.model_version, deadline)
+        if rq.triton_s:
+            self.metrics.stage_seconds.labels("triton").observe(rq.triton_s)
+        collapse = not opts.keep_duplicates
+        k_shard = request.k * (self.cfg.candidate_factor if collapse else 1) + _DUP_MARGIN * collapse
+        k_shard = min(contract.MAX_K, k_shard + (1 if rq.exclude_item else 0))
+        shard_req = shard_pb2.SearchRequest(
+            queries=[shard_pb2.QueryVector(vector_f16=s.vector.astype("<f2").tobytes()) for s in rq.specs],
+            k=k_shard, nprobe=opts.nprobe, rescore_k=opts.rescore_k, filter=request.filter,
+            model_version=self.model_version, exact=opts.exact, include_vectors=collapse,
+        )
+        t1 = time.monotonic()
+        fan = await self.fanout.search(shard_req, deadline - self.cfg.shard_margin_s)
+        fanout_s = time.monotonic() - t1
+        self.metrics.stage_seconds.labels("fanout").observe(fanout_s)
+        if not fan.responses:
+            detail = "; ".join(f"shard {s}: {m}" for s, m in sorted(fan.errors.items()))
+            raise V.ApiError(grpc.StatusCode.UNAVAILABLE, f"no shard answered ({detail})")
+        t2 = time.monotonic()
+        params = RerankParams(
+            boost_available=self.cfg.boost_available, boost_region=self.cfg.boost_region,
+            user_region=opts.user_region, business=not opts.no_business_rerank, collapse=collapse,
+            dedup_threshold=self.cfg.dedup_threshold, query_phash=rq.query_phash,
+            phash_max_distance=self.cfg.phash_max_distance,
+        )
+        resp = search_pb2.QueryResponse(
+            model_version=self.model_version, partial=bool(fan.missing),
+            missing_shards=sorted(fan.missing), hedges_sent=fan.hedges_sent,
+        )
+        for qi, spec in enumerate(rq.specs):
+            per_shard = [(sid, r.results[qi].hits) for sid, r in fan.responses.items() if qi < len(r.results)]
+            cands = merge_topk(per_shard, 10**9)
+            if rq.exclude_item and not opts.include_self:
+                cands = [c for c in cands if c.item_id != rq.exclude_item]
+            ranked = rerank(cands, request.k, params)
+            rl = resp.results.add(detection_index=spec.detection_index, class_name=spec.class_name)
+            qb = _box(spec.box)
+            if qb is not None:
+                rl.query_box.CopyFrom(qb)
+            rl.hits.extend(self._match(c) for c in ranked)
+        rerank_s = time.monotonic() - t2
+        self.metrics.stage_seconds.labels("rerank").observe(rerank_s)
+        total = time.monotonic() - t0
+        self.metrics.stage_seconds.labels("total").observe(total)
+        t = resp.timings
+        t.triton_ms, t.fanout_ms, t.rerank_ms, t.total_ms = map(_ms, (rq.triton_s, fanout_s, rerank_s, total))
+        return resp
+
+    @staticmethod
+    def _match(c: Candidate) -> search_pb2.Match:
+        m = search_pb2.Match(
+            item_id=c.item_id, score=c.score, rank_score=c.rank_score, metadata=c.metadata,
+            entry_id=c.entry_id, exact_match=c.exact_match, shard_id=c.shard_id, duplicates=c.duplicates,
+        )
+        mb = _box(c.box)
+        if mb is not None:
+            m.matched_box.CopyFrom(mb)
+        return m
+
+    async def IndexItems(
+        self, request_iterator: AsyncIterator[search_pb2.IndexItemRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[search_pb2.IndexItemResult]:
+        """Index items concurrently (bounded); stream each result as soon as it is known."""
+        results: asyncio.Queue[search_pb2.IndexItemResult | None] = asyncio.Queue()
+        sem = asyncio.Semaphore(self.cfg.index_concurrency)
+        timeout = self.cfg.index_item_timeout_s
+
+        async def one(req: search_pb2.IndexItemRequest) -> None:
+            try:
+                res = await self.indexer.index(req, timeout)
+            except Exception as e:  # a bug must not kill the stream: report it for this item
+                log.exception("indexing %r failed", req.item_id)
+                res = search_pb2.IndexItemResult(item_id=req.item_id, error_code="INTERNAL", error=repr(e))
+            finally:
+                sem.release()
+            self.metrics.indexed_items.labels("ok" if res.ok else res.error_code).inc()
+            await results.put(res)
+
+        async def pump() -> None:
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                async for req in request_iterator:
+                    await sem.acquire()
+                    tasks.append(asyncio.create_task(one(req)))
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await results.put(None)
+
+        pumper = asyncio.create_task(pump())
+        try:
+            while (res := await results.get()) is not None:
+                yield res
+            await pumper  # re-raise a broken request stream
+        finally:
+            pumper.cancel()
+
+    @api_method("DeleteItems")
+    async def DeleteItems(
+        self, request: search_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.DeleteItemsResponse:
+        for item_id in request.item_ids:
+            V.check_item_id(item_id)
+        deadline = self._deadline(context)
+        by_shard: dict[int, list[str]] = {}
+        for item_id in dict.fromkeys(request.item_ids):
+            by_shard.setdefault(self.fanout.owner(item_id).shard_id, []).append(item_id)
+        calls = [
+            self.fanout.write(s, "Delete", shard_pb2.DeleteRequest(item_ids=ids_), deadline)
+            for s, ids_ in by_shard.items()
+        ]
+        resp = search_pb2.DeleteItemsResponse()
+        for replica_resps in await asyncio.gather(*calls):
+            first = replica_resps[0]
+            resp.deleted += first.deleted
+            resp.not_found.extend(first.not_found)
+        return resp
