@@ -1,0 +1,3 @@
+from export.build import main
+
+main()

@@ -1,0 +1,110 @@
+"""Reproduce every artifact in artifacts/models/: FP32 + INT8 ONNX, metadata, manifest.json.
+
+    python -m export [--force] [--skip-int8]      (or: bash scripts/export_models.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export import detector, encoder, manifest, metadata
+from export.data import calibration_images, catalog_images, encoder_batches, set_hash
+from export.env import ARTIFACTS, SHARED, sha256_file
+from visual_search import contract as C
+
+POOLING = "gem"  # chosen by measured mAP (benchmarks/encoder_pooling.json); avg is within ~0.5 pt
+N_CALIB = 128  # catalog images used for INT8 calibration (evenly spaced over both sets)
+FILES = {"detector_fp32": "detector_fp32.onnx", "encoder_fp32": "encoder_fp32.onnx",
+         "detector_int8": "detector_int8.onnx", "encoder_int8": "encoder_int8.onnx"}
+
+
+def _common(precision: str, calib_hash: str) -> dict[str, str]:
+    return {"export_date": metadata.export_date(), "opset": str(metadata.OPSET), "precision": precision,
+            "calibration_set_sha256": calib_hash,
+            "calibration_set": f"{N_CALIB} evenly spaced catalog-split images of ../shared/data/*"}
+
+
+def build_detector(calib_hash: str) -> dict[str, str]:
+    dst = ARTIFACTS / FILES["detector_fp32"]
+    meta = detector.export_fp32(dst)
+    meta.update(_common("fp32", calib_hash), input_name=C.DETECTOR_INPUT_NAME,
+                output_name=C.DETECTOR_OUTPUT_NAME,
+                model_version=f"yolo11n-coco-{meta['source_weights_sha256'][:8]}")
+    metadata.stamp(dst, meta)
+    return meta
+
+
+def build_encoder(calib_hash: str) -> dict[str, str]:
+    import torch
+
+    torch.set_num_threads(2)
+    fit = catalog_images()
+    fmaps = encoder.feature_maps(list(encoder_batches(fit)))
+    proj = encoder.fit_pca(encoder.pool(torch.from_numpy(fmaps), POOLING).numpy())
+    wpath = encoder.weights_path()
+    wsha = sha256_file(wpath)
+    version = encoder.model_version(POOLING, wsha, proj)
+    dst = ARTIFACTS / FILES["encoder_fp32"]
+    model = encoder.Encoder(encoder.backbone(), POOLING, proj)
+    encoder.export_onnx(model, dst)
+    meta = {
+        "model_name": f"mobilenetv2-imagenet-{POOLING}-pca{C.EMBEDDING_DIM}",
+        "model_version": version, "embedding_model_version": version,
+        "source_weights": encoder.OFFICIAL_URL, "source_weights_sha256": wsha,
+        "pooling": POOLING if POOLING == "avg" else f"gem p={encoder.GEM_P}",
+        "projection": f"PCA {C.EMBEDDING_DIM} (no whitening) on L2-normalised pooled features, then L2",
+        "projection_sha256": proj.digest(), "projection_fit_set_sha256": set_hash(fit),
+        "projection_fit_set": f"all {len(fit)} catalog-split images of ../shared/data/* (no queries)",
+        "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
+                               f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
+                               f"std {C.IMAGENET_STD}",
+        "input_name": C.ENCODER_INPUT_NAME, "output_name": C.ENCODER_OUTPUT_NAME,
+        "embedding_dim": str(C.EMBEDDING_DIM), "embedding_dtype": C.EMBEDDING_DTYPE,
+        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights)",
+        **_common("fp32", calib_hash),
+    }
+    metadata.stamp(dst, meta)
+    _check_encoder_parity(model, dst, fit[:16])
+    return meta
+
+
+def _check_encoder_parity(model: encoder.Encoder, path: Path, imgs: list[Path]) -> None:
+    """torch module vs exported ONNX on real images: cosine must be ~1 (float16 output)."""
+    import onnxruntime as ort
+    import torch
+
+    x = next(encoder_batches(imgs, batch=len(imgs)))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).float().numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {C.ENCODER_INPUT_NAME: x})[0].astype(np.float32)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    print(f"encoder torch vs onnx: min cosine {cos.min():.6f}")
+    assert cos.min() > 0.9999, cos
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--force", action="store_true", help="re-export even if artifacts exist")
+    ap.add_argument("--skip-int8", action="store_true", help="FP32 only (faster)")
+    args = ap.parse_args(argv)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if not args.force and manifest.complete(ARTIFACTS, FILES, skip_int8=args.skip_int8):
+        print(f"artifacts up to date in {ARTIFACTS} (use --force to rebuild)")
+        return
+    t0 = time.time()
+    calib = calibration_images(N_CALIB)
+    calib_hash = set_hash(calib)
+    metas = {"detector_fp32": build_detector(calib_hash), "encoder_fp32": build_encoder(calib_hash)}
+    if not args.skip_int8:
+        from export import quantize
+
+        metas.update(quantize.build_all(ARTIFACTS, FILES, metas, calib, calib_hash))
+    man = manifest.write(ARTIFACTS, {k: FILES[k] for k in metas})
+    print(json.dumps({k: v["file"] for k, v in man["artifacts"].items()}, indent=1))
+    print(f"export done in {time.time() - t0:.0f}s; shared dir {SHARED}")
