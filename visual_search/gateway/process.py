@@ -1,0 +1,124 @@
+"""Run a `vsearch gateway` subprocess (for the launcher, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from visual_search.testing import free_port, wait_healthy
+
+
+class GatewayProcess:
+    """A gateway on a free loopback port; a context manager. Metrics on a second free port."""
+
+    def __init__(
+        self,
+        shards: str,
+        *,
+        model_version: str | None = None,
+        triton_url: str | None = None,
+        log_path: str | os.PathLike[str],
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.shards = shards
+        self.model_version = model_version
+        self.triton_url = triton_url
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = Path(log_path)
+        self.extra_args = list(extra_args or [])
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "visual_search.cli",
+            "gateway",
+            "--shards",
+            self.shards,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        if self.model_version:
+            cmd += ["--model-version", self.model_version]
+        if self.triton_url:
+            cmd += ["--triton", self.triton_url]
+        return cmd + self.extra_args
+
+    def start(self) -> GatewayProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(self.env or {})}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_healthy(self.address, self.startup_timeout, self.proc)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError(f"gateway did not start: {e}\n{self.log_text()[-3000:]}") from e
+        return self
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of a metric's samples in Prometheus text format whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        got = dict(p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+        if all(got.get(k, "").strip('"') == v for k, v in (labels or {}).items()):
+            total += float(value)
+    return total
