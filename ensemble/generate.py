@@ -95,16 +95,15 @@ def encoder_version(opts: Options) -> str:
     built from ad-hoc weights still reports something that changes when the weights change.
     """
     manifest = REPO_ROOT / C.ARTIFACTS_DIR / "manifest.json"
-    if opts.encoder_path is None and manifest.exists():
-        m = json.loads(manifest.read_text())
-        for key in ("encoder_version", "model_version", "version"):
-            if isinstance(m.get(key), str | int):
-                return str(m[key])
-        enc = m.get("encoder") or m.get("models", {}).get("encoder") or {}
-        for key in ("version", "model_version"):
-            if isinstance(enc, dict) and isinstance(enc.get(key), str | int):
-                return str(enc[key])
     path = opts.weights(N.ENCODER)
+    if manifest.exists() and path.resolve().parent == manifest.parent.resolve():
+        m = json.loads(manifest.read_text())
+        for art in m.get("artifacts", {}).values():
+            if art.get("file") == path.name and art.get("model_version"):
+                return str(art["model_version"])
+        by_precision = m.get("encoder_model_version", {})
+        if isinstance(by_precision, dict) and by_precision.get(opts.precision):
+            return str(by_precision[opts.precision])
     if path.exists():
         return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return "unknown"

@@ -55,7 +55,9 @@ def test_ensemble_maps_match_declared_io(flavour: str, batching: bool) -> None:
         assert ens.platform == "ensemble"
         ens_in, ens_out = _io(ens)
         # tensor name -> (dtype, full dims) of whatever produces it
-        produced: dict[str, tuple[int, list[int]]] = {n: (t.data_type, list(t.dims)) for n, t in ens_in.items()}
+        produced: dict[str, tuple[int, list[int]]] = {
+            n: (t.data_type, list(t.dims)) for n, t in ens_in.items()
+        }
         for step in ens.ensemble_scheduling.step:
             model = configs[step.model_name]
             m_in, m_out = _io(model)
@@ -82,7 +84,9 @@ def test_contract_values_flow_into_configs() -> None:
     det, enc = c[N.DETECTOR], c[N.ENCODER]
     assert det.input[0].name == C.DETECTOR_INPUT_NAME
     assert list(det.input[0].dims) == [3, C.DETECTOR_INPUT_SIZE, C.DETECTOR_INPUT_SIZE]
-    assert det.output[0].name == C.DETECTOR_OUTPUT_NAME and det.output[0].dims[0] == 4 + C.DETECTOR_NUM_CLASSES
+    assert (
+        det.output[0].name == C.DETECTOR_OUTPUT_NAME and det.output[0].dims[0] == 4 + C.DETECTOR_NUM_CLASSES
+    )
     assert enc.input[0].name == C.ENCODER_INPUT_NAME
     assert list(enc.output[0].dims) == [C.EMBEDDING_DIM] and enc.output[0].data_type == mc.TYPE_FP16
     # a detect_and_embed request is one encoder request of objects + whole image
