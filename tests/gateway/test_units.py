@@ -1,0 +1,223 @@
+"""Unit tests: merge, hedging, re-rank, pHash, config, client filter parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visual_search.client import InvalidArgument, parse_filters
+from visual_search.gateway.config import ShardMap
+from visual_search.gateway.hedging import AllAttemptsFailed, LatencyWindow, hedged
+from visual_search.gateway.merge import Candidate, merge_topk
+from visual_search.gateway.phash import hamming, phash
+from visual_search.gateway.rerank import RerankParams, collapse_duplicates, rerank
+from visual_search.v1 import shard_pb2
+
+
+def hit(item: str, score: float, vec: np.ndarray | None = None, **md: object) -> shard_pb2.SearchHit:
+    h = shard_pb2.SearchHit(item_id=item, score=score, metadata=shard_pb2.ItemMetadata(**md))  # type: ignore[arg-type]
+    if vec is not None:
+        h.vector_f16 = np.asarray(vec, np.float32).astype("<f2").tobytes()
+    return h
+
+
+def unit(seed: int, dim: int = 8) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+# ---- merge -------------------------------------------------------------------------------------
+def test_merge_is_global_topk_with_deterministic_ties() -> None:
+    s0 = [hit("a", 0.9), hit("c", 0.5)]
+    s1 = [hit("b", 0.7), hit("d", 0.5)]
+    out = merge_topk([(0, s0), (1, s1)], 3)
+    assert [c.item_id for c in out] == ["a", "b", "c"]  # c and d tie: item id decides
+    assert [c.shard_id for c in out] == [0, 1, 0]
+    assert [c.item_id for c in merge_topk([(1, s1), (0, s0)], 3)] == ["a", "b", "c"]
+
+
+def test_merge_keeps_best_hit_of_an_item_seen_twice() -> None:
+    out = merge_topk([(0, [hit("a", 0.4)]), (1, [hit("a", 0.8), hit("b", 0.5)])], 10)
+    assert [(c.item_id, c.score) for c in out] == [("a", pytest.approx(0.8)), ("b", pytest.approx(0.5))]
+
+
+# ---- hedging -----------------------------------------------------------------------------------
+def _attempt(delay: float, value: str, log: list[str], fail: BaseException | None = None):  # noqa: ANN202
+    async def run() -> str:
+        log.append(f"start {value}")
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            log.append(f"cancel {value}")
+            raise
+        if fail is not None:
+            raise fail
+        return value
+
+    return run
+
+
+def test_fast_primary_sends_no_hedge() -> None:
+    log: list[str] = []
+    out = asyncio.run(hedged([_attempt(0.001, "a", log), _attempt(0.001, "b", log)], delay=0.05))
+    assert (out.value, out.hedges_sent, out.hedge_won) == ("a", 0, False)
+    assert log == ["start a"]
+
+
+def test_slow_primary_is_hedged_and_the_hedge_wins() -> None:
+    log: list[str] = []
+    t0 = time.monotonic()
+    out = asyncio.run(hedged([_attempt(1.0, "slow", log), _attempt(0.01, "fast", log)], delay=0.02))
+    assert (out.value, out.winner, out.hedges_sent, out.hedge_won) == ("fast", 1, 1, True)
+    assert time.monotonic() - t0 < 0.5
+    assert "cancel slow" in log  # the loser is cancelled
+
+
+def test_failed_replica_fails_over_immediately_without_counting_a_hedge() -> None:
+    log: list[str] = []
+    t0 = time.monotonic()
+    out = asyncio.run(
+        hedged([_attempt(0.0, "a", log, RuntimeError("down")), _attempt(0.0, "b", log)], delay=10.0)
+    )
+    assert (out.value, out.hedges_sent, out.hedge_won) == ("b", 0, False)
+    assert len(out.errors) == 1 and time.monotonic() - t0 < 1.0
+
+
+def test_non_retryable_error_is_raised_at_once() -> None:
+    log: list[str] = []
+    with pytest.raises(ValueError, match="bad request"):
+        asyncio.run(
+            hedged(
+                [_attempt(0.0, "a", log, ValueError("bad request")), _attempt(0.0, "b", log)],
+                delay=10.0,
+                retryable=lambda e: not isinstance(e, ValueError),
+            )
+        )
+    assert log == ["start a"]
+
+
+def test_all_replicas_failing_raises_with_every_error() -> None:
+    log: list[str] = []
+    with pytest.raises(AllAttemptsFailed) as ei:
+        asyncio.run(
+            hedged([_attempt(0, "a", log, RuntimeError("x")), _attempt(0, "b", log, RuntimeError("y"))], 1)
+        )
+    assert len(ei.value.errors) == 2
+
+
+def test_hedge_delay_is_recent_p95_when_enough_samples() -> None:
+    w = LatencyWindow(min_samples=20)
+    assert w.hedge_delay(0.02, 0.005, 0.2) == 0.02  # default until samples exist
+    for i in range(100):
+        w.add(0.001 * (i + 1))  # 1..100 ms
+    assert w.hedge_delay(0.02, 0.005, 0.2) == pytest.approx(0.096, abs=0.002)
+    assert w.hedge_delay(0.02, 0.005, 0.05) == 0.05  # bounded
+    assert w.hedge_delay(0.02, 0.005, 0.2, adaptive=False) == 0.02
+
+
+# ---- re-rank -----------------------------------------------------------------------------------
+def cand(item: str, score: float, vec: np.ndarray | None = None, **md: object) -> Candidate:
+    return Candidate.from_hit(hit(item, score, vec, **md), 0)
+
+
+def test_business_boosts_reorder_near_ties_only() -> None:
+    cs = [cand("a", 0.80), cand("b", 0.79, available=True, region="eu"), cand("c", 0.50, available=True)]
+    out = rerank(
+        cs, 3, RerankParams(boost_available=0.02, boost_region=0.02, user_region="eu", collapse=False)
+    )
+    assert [c.item_id for c in out] == ["b", "a", "c"]
+    assert out[0].score == pytest.approx(0.79, abs=1e-6)  # exact score is kept
+    assert out[0].rank_score == pytest.approx(0.83, abs=1e-6)
+    plain = rerank([cand("a", 0.80), cand("b", 0.79, available=True)], 2, RerankParams(business=False))
+    assert [c.item_id for c in plain] == ["a", "b"]
+
+
+def test_near_duplicates_collapse_into_the_best() -> None:
+    v = unit(1)
+    w = v + 0.05 * unit(2)
+    w /= np.linalg.norm(w)
+    other = unit(3)
+    assert float(v @ w) > 0.95 and abs(float(v @ other)) < 0.95
+    out = collapse_duplicates([cand("a", 0.9, v), cand("a2", 0.89, w), cand("b", 0.5, other)], 0.95)
+    assert [c.item_id for c in out] == ["a", "b"]
+    assert out[0].duplicates == ["a2"]
+    kept = rerank([cand("a", 0.9, v), cand("a2", 0.89, w)], 5, RerankParams(collapse=False))
+    assert len(kept) == 2
+
+
+def test_exact_copy_by_phash_comes_first() -> None:
+    cs = [cand("best", 0.95, phash=0x0F0F), cand("copy", 0.90, phash=0xFFFF_0000_0000_0F0F), cand("far", 0.5)]
+    q = 0xFFFF_0000_0000_0F0E  # one bit from "copy"
+    out = rerank(cs, 3, RerankParams(query_phash=q, phash_max_distance=4))
+    assert [c.item_id for c in out] == ["copy", "best", "far"]
+    assert out[0].exact_match and not out[1].exact_match
+
+
+def test_rerank_cuts_to_k() -> None:
+    assert len(rerank([cand(str(i), 1 - i / 100) for i in range(50)], 7, RerankParams())) == 7
+
+
+# ---- pHash -------------------------------------------------------------------------------------
+def _photo(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 8, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((320, 240), Image.Resampling.BICUBIC))
+
+
+def _jpeg_roundtrip(rgb: np.ndarray, quality: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    img = Image.fromarray(rgb)
+    if size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_phash_is_stable_under_reencoding_and_resizing_and_separates_photos() -> None:
+    a = _photo(1)
+    h = phash(a)
+    assert 0 < h < 2**64
+    assert phash(a) == h
+    assert hamming(h, phash(_jpeg_roundtrip(a, 60, (160, 120)))) <= 4
+    assert hamming(h, phash(_photo(2))) > 12
+
+
+def test_phash_of_a_real_photo_and_its_copy(tmp_path: object) -> None:
+    from pathlib import Path
+
+    bus = np.asarray(Image.open(Path(__file__).parents[1] / "data" / "bus.jpg").convert("RGB"))
+    zidane = np.asarray(Image.open(Path(__file__).parents[1] / "data" / "zidane.jpg").convert("RGB"))
+    assert hamming(phash(bus), phash(_jpeg_roundtrip(bus, 50, (405, 540)))) <= 4
+    assert hamming(phash(bus), phash(zidane)) > 12
+
+
+# ---- config / client ---------------------------------------------------------------------------
+def test_shard_map_parses_spec_and_json(tmp_path: object) -> None:
+    from pathlib import Path
+
+    m = ShardMap.parse("127.0.0.1:1,127.0.0.1:2; h:3")
+    assert m.shards == (("127.0.0.1:1", "127.0.0.1:2"), ("h:3",)) and m.num_shards == 2
+    assert ShardMap.parse(m.to_spec()) == m
+    p = Path(str(tmp_path)) / "shards.json"
+    p.write_text('{"shards": [["a:1"], ["b:2", "c:3"]]}')
+    assert ShardMap.parse(str(p)).shards == (("a:1",), ("b:2", "c:3"))
+    for bad in ("", "nohostport", "a:1;;b:x"):
+        with pytest.raises(ValueError):
+            ShardMap.parse(bad)
+
+
+def test_filter_parsing() -> None:
+    f = parse_filters(["category=milk", "region=eu|us", "available=true", "price=1..5", "attr.brand=x"])
+    c = f.clauses
+    assert c[0].equals == "milk" and list(c[1].in_set.values) == ["eu", "us"]
+    assert c[2].bool_equals is True and (c[3].range.min, c[3].range.max) == (1.0, 5.0)
+    assert c[4].field == "attr.brand"
+    assert not parse_filters(["price=..5"]).clauses[0].range.HasField("min")
+    for bad in (["category"], ["price=cheap"], ["available=maybe"]):
+        with pytest.raises(InvalidArgument):
+            parse_filters(bad)
