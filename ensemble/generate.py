@@ -13,11 +13,14 @@ artifacts/models at generation time; `--configs-only` writes just the config.pbt
 (what is committed under model_repository/cpu and model_repository/gpu).
 
 Batching (the documented knobs; see BATCHING):
-  detector  max batch 8 (cpu) / 32 (gpu), preferred sizes, queue delay a few ms: on CPU one
-            instance keeps both cores busy and the batch forms while it runs; on GPU two
-            instances overlap copies and compute.
-  encoder   max batch 64 / 128: a detect_and_embed request is one encoder request of batch
-            objects + 1 (<= DETECTOR_MAX_DETECTIONS + 1), grouped with other requests.
+  detector  cpu: max batch 4, preferred 2/4, 2 ms queue delay, 2 instances x 1 onnxruntime
+            thread. On these CPUs onnxruntime's per-image cost does not fall with batch size
+            (measured), so small batches keep both instances busy instead of idling while one
+            large batch runs. gpu: max batch 32, preferred 8/16/32, 2 instances (overlap copies
+            and compute) - where batching pays.
+  encoder   max batch 64 (cpu) / 128 (gpu): a detect_and_embed request is ONE encoder request of
+            batch objects + 1 (<= DETECTOR_MAX_DETECTIONS + 1), grouped with other requests;
+            preferred sizes (4/8/16 cpu, 32/64/128 gpu) keep typical batches short.
   python pre/post models run as 2 CPU instances (separate processes, so no shared GIL).
 """
 
@@ -62,13 +65,13 @@ class Batching:
 
 
 BATCHING: dict[tuple[str, str], Batching] = {
-    ("cpu", N.DETECTOR): Batching(8, (4, 8), 4000, 1),
-    ("cpu", N.ENCODER): Batching(64, (16, 32, 64), 4000, 1),
+    ("cpu", N.DETECTOR): Batching(4, (2, 4), 2000, 2),
+    ("cpu", N.ENCODER): Batching(64, (4, 8, 16), 2000, 2),
     ("gpu", N.DETECTOR): Batching(32, (8, 16, 32), 2000, 2),
     ("gpu", N.ENCODER): Batching(128, (32, 64, 128), 2000, 2),
 }
 PYTHON_INSTANCES = 2
-ORT_THREADS = 2  # intra-op threads per onnxruntime session (cpu flavour)
+ORT_THREADS = 1  # intra-op threads per onnxruntime session (cpu flavour): 2 instances x 1 thread
 
 
 @dataclass(frozen=True)
