@@ -25,11 +25,12 @@ class GatewayProcess:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         startup_timeout: float = 60.0,
+        port: int | None = None,
     ) -> None:
         self.shards = shards
         self.model_version = model_version
         self.triton_url = triton_url
-        self.port = free_port()
+        self.port = port or free_port()
         self.metrics_port = free_port()
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args or [])

@@ -1,0 +1,261 @@
+"""Client commands over the public API: `vsearch index | search | detect | delete`.
+
+`vsearch index` takes a directory (every image below it; category = parent folder) or a CSV with
+image,label[,split] columns (paths relative to the CSV; category = label). Item ids are image
+paths relative to the source, without extension. Progress goes to stderr; finished item ids are
+appended to a state file, so an interrupted run resumes where it stopped; failures are summarised
+by error code at the end (exit status 1 if any item failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument(
+        "--gateway", default=env("VSEARCH_GATEWAY", "127.0.0.1:50051"), help="[env VSEARCH_GATEWAY]"
+    )
+    p.add_argument("--token", default=env("VSEARCH_AUTH_TOKEN"), help="bearer token [env VSEARCH_AUTH_TOKEN]")
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca-cert", help="PEM root certificate for --tls (default: system roots)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("index", help="index catalog photos (directory or manifest CSV)")
+    p.add_argument("source", help="directory of images, or CSV with image,label[,split] columns")
+    p.add_argument("--split", help="CSV only: index rows of this split (e.g. catalog)")
+    p.add_argument("--limit", type=int, default=0, help="index at most this many items (0 = all)")
+    p.add_argument("--state", help="resume state file (default: run/index-state-<source hash>.txt)")
+    p.add_argument("--restart", action="store_true", help="ignore the state file; index everything again")
+    p.add_argument("--region", default="", help="metadata region for every item")
+    _common(p)
+    p.set_defaults(func=cmd_index)
+
+    p = subparsers.add_parser("search", help="search by photo (default box, --box, --all-objects) or --item")
+    p.add_argument("photo", nargs="?", help="query photo")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--box", help="explicit box x1,y1,x2,y2 in pixels")
+    g.add_argument("--box-index", type=int, help="a detection's index as `vsearch detect` lists them")
+    g.add_argument("--all-objects", action="store_true", help="one result list per detected object")
+    g.add_argument("--whole-image", action="store_true")
+    p.add_argument("--item", help="more like this indexed item id (instead of a photo)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="category=x, region=eu|us, available=true, price=1..20, attr.NAME=v (repeatable)",
+    )
+    p.add_argument("--region", default="", help="the user's region (boosts items there)")
+    p.add_argument("--keep-duplicates", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p)
+    p.set_defaults(func=cmd_search)
+
+    p = subparsers.add_parser("detect", help="list the objects found in a photo (default box marked)")
+    p.add_argument("photo")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = subparsers.add_parser("delete", help="delete indexed items by id")
+    p.add_argument("ids", nargs="+")
+    _common(p)
+    p.set_defaults(func=cmd_delete)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from visual_search.client import Client
+
+    root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
+    return Client(args.gateway, token=args.token, tls=args.tls, root_cert=root, timeout=args.timeout)
+
+
+# ---- catalog sources --------------------------------------------------------------------------
+def iter_source(source: str | Path, split: str | None = None) -> Iterator[tuple[str, Path, str]]:
+    """(item_id, image path, category) for a directory or a manifest CSV."""
+    src = Path(source)
+    if src.is_dir():
+        for path in sorted(src.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTS and path.is_file():
+                rel = path.relative_to(src)
+                yield str(rel.with_suffix("")), path, rel.parent.name if rel.parent.parts else ""
+        return
+    with src.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "image" not in reader.fieldnames:
+            raise SystemExit(f"{src}: CSV needs an 'image' column (got {reader.fieldnames})")
+        for row in reader:
+            if split and row.get("split", "") != split:
+                continue
+            rel = Path(row["image"])
+            yield str(rel.with_suffix("")), src.parent / rel, row.get("label", "") or ""
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    if args.state:
+        return Path(args.state)
+    key = hashlib.sha1(f"{Path(args.source).resolve()}|{args.split}|{args.gateway}".encode()).hexdigest()[:12]
+    return Path("run") / f"index-state-{key}.txt"
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from visual_search.client import IndexItem, VisualSearchError
+
+    rows = list(iter_source(args.source, args.split))
+    if args.limit:
+        rows = rows[: args.limit]
+    state = _state_path(args)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    done = set() if args.restart or not state.exists() else set(state.read_text().split("\n")) - {""}
+    todo = [r for r in rows if r[0] not in done]
+    print(
+        f"{len(rows)} items, {len(rows) - len(todo)} already indexed (state {state}), {len(todo)} to go",
+        file=sys.stderr,
+    )
+    errors: dict[str, list[str]] = defaultdict(list)
+    ok = 0
+    t0 = time.monotonic()
+
+    def items() -> Iterator[IndexItem]:
+        for item_id, path, category in todo:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                errors["UNREADABLE"].append(f"{item_id}: {e}")
+                continue
+            yield IndexItem(item_id, data, category=category, available=True, region=args.region)
+
+    with _client(args) as c, state.open("w" if args.restart else "a") as st:
+        try:
+            for n, r in enumerate(c.index(items(), timeout=None), 1):
+                if r.ok:
+                    ok += 1
+                    st.write(r.item_id + "\n")
+                    st.flush()
+                else:
+                    errors[r.error_code].append(f"{r.item_id}: {r.error}")
+                rate = n / max(1e-9, time.monotonic() - t0)
+                failed = sum(map(len, errors.values()))
+                print(
+                    f"\rindexed {ok}/{len(todo)}  failed {failed}  {rate:.1f} items/s",
+                    end="",
+                    file=sys.stderr,
+                )
+        except VisualSearchError as e:
+            print(f"\nstream stopped: {e} (re-run to resume)", file=sys.stderr)
+            return 2
+    print(file=sys.stderr)
+    for code, msgs in sorted(errors.items()):
+        print(f"{len(msgs)} x {code}", file=sys.stderr)
+        for m in msgs[:5]:
+            print(f"    {m}", file=sys.stderr)
+    print(f"done: {ok} indexed, {sum(map(len, errors.values()))} failed in {time.monotonic() - t0:.1f}s")
+    return 1 if errors else 0
+
+
+# ---- queries ----------------------------------------------------------------------------------
+def format_result_table(res: Any) -> str:
+    lines = []
+    if res.partial:
+        lines.append(f"PARTIAL results: shards {res.missing_shards} did not answer")
+    for rl in res.lists:
+        qb = str(rl.query_box) if rl.query_box else "whole image"
+        head = f"query box {qb}" + (f" ({rl.class_name} #{rl.detection_index})" if rl.class_name else "")
+        lines.append(head)
+        lines.append(
+            f"  {'#':>2} {'item':<48} {'score':>6} {'rank':>6} {'category':<24} {'matched box':<18} flags"
+        )
+        for i, h in enumerate(rl.hits, 1):
+            flags = ("exact " if h.exact_match else "") + (f"+{len(h.duplicates)}dup" if h.duplicates else "")
+            mb = str(h.matched_box) if h.matched_box else "whole"
+            lines.append(
+                f"  {i:>2} {h.item_id[:48]:<48} {h.score:6.3f} {h.rank_score:6.3f} "
+                f"{h.category[:24]:<24} {mb:<18} {flags}"
+            )
+    t = res.timings_ms
+    lines.append(
+        f"model {res.model_version}; triton {t['triton']:.1f} ms, fan-out {t['fanout']:.1f} ms, "
+        f"re-rank {t['rerank']:.1f} ms, total {t['total']:.1f} ms"
+    )
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from visual_search.client import VisualSearchError
+    from visual_search.v1 import search_pb2
+
+    if bool(args.photo) == bool(args.item):
+        raise SystemExit("give a PHOTO or --item ID")
+    opts = search_pb2.SearchOptions(user_region=args.region, keep_duplicates=args.keep_duplicates)
+    q: dict[str, Any] = {"k": args.k, "filters": args.filter, "options": opts}
+    if args.item:
+        q["item_id"] = args.item
+    else:
+        q.update(
+            image=Path(args.photo).read_bytes(),
+            all_objects=args.all_objects,
+            whole_image=args.whole_image,
+            box_index=args.box_index,
+        )
+        if args.box:
+            q["box"] = [float(v) for v in args.box.split(",")]
+    try:
+        with _client(args) as c:
+            res = c.search(**q)
+    except VisualSearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(res), indent=2) if args.json else format_result_table(res))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from visual_search.client import VisualSearchError
+
+    try:
+        with _client(args) as c:
+            res = c.detect(Path(args.photo).read_bytes())
+    except VisualSearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(asdict(res), indent=2))
+        return 0
+    print(f"{res.width}x{res.height}, {len(res.detections)} objects (model {res.model_version})")
+    for d in res.detections:
+        mark = "  <- default" if d.is_default else ""
+        print(
+            f"  #{d.index} {d.class_name:<14} score {d.score:.2f} salience {d.salience:.3f} box {d.box}{mark}"
+        )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from visual_search.client import VisualSearchError
+
+    try:
+        with _client(args) as c:
+            deleted, not_found = c.delete(args.ids)
+    except VisualSearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted {deleted}" + (f"; not found: {', '.join(not_found)}" if not_found else ""))
+    return 0

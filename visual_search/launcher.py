@@ -1,0 +1,254 @@
+"""`vsearch up` and `vsearch demo`: the whole stack on loopback (Triton + S shards + gateway).
+
+`up` starts everything, waits for readiness, prints the endpoints and runs until Ctrl-C/SIGTERM,
+then stops the gateway first (drain), the shards (final snapshot) and Triton. `demo` is the
+quickstart: a fresh stack in a temporary directory, a sample of the grocery catalog indexed
+through the public API, a few real photo queries printed with the boxes chosen, then stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DEFAULT_MANIFEST = SHARED / "data" / "grocery_packages_dev" / "manifest.csv"
+
+
+@dataclass
+class StackOptions:
+    run_dir: Path
+    shards: int = 2
+    replicas: int = 1
+    gateway_port: int = 0  # 0 = a free port
+    precision: str = "auto"  # auto = int8 when exported, else fp32
+    gateway_args: list[str] = field(default_factory=list)
+
+
+class Stack:
+    """Triton + shards + gateway processes; a context manager."""
+
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        self.triton: Any = None
+        self.shards: list[Any] = []
+        self.gateway: Any = None
+        self.model_version = ""
+
+    def _precision(self) -> str:
+        if self.opts.precision != "auto":
+            return self.opts.precision
+        art = REPO_ROOT / "artifacts" / "models"
+        int8 = all((art / f"{m}_int8.onnx").exists() for m in ("detector", "encoder"))
+        return "int8" if int8 else "fp32"
+
+    def start(self) -> Stack:
+        from ensemble.generate import Options
+        from visual_search.gateway.process import GatewayProcess
+        from visual_search.testing import ShardProcess, wait_healthy
+        from visual_search.triton.client import TritonClient
+        from visual_search.triton.server import TritonServer
+
+        run = self.opts.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        try:
+            self.triton = TritonServer(options=Options(precision=self._precision()), run_dir=run / "triton")
+            self.triton.start()
+            with TritonClient(self.triton.grpc_url) as tc:
+                self.model_version = tc.encoder_version()
+            for s in range(self.opts.shards):
+                for r in range(self.opts.replicas):
+                    sp = ShardProcess(
+                        run / f"shard{s}-{r}",
+                        shard_id=s,
+                        model_version=self.model_version,
+                        log_path=run / f"shard{s}-{r}.log",
+                    )
+                    self.shards.append(sp.start(wait=False))
+            for sp in self.shards:
+                wait_healthy(sp.address, 120, sp.proc)
+            self.gateway = GatewayProcess(
+                self.shard_spec(),
+                triton_url=self.triton.grpc_url,
+                log_path=run / "gateway.log",
+                port=self.opts.gateway_port or None,
+                extra_args=self.opts.gateway_args,
+            ).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def shard_spec(self) -> str:
+        r = self.opts.replicas
+        groups = [self.shards[s * r : (s + 1) * r] for s in range(self.opts.shards)]
+        return ";".join(",".join(p.address for p in g) for g in groups)
+
+    def endpoints(self) -> dict[str, str]:
+        out = {
+            "gateway": self.gateway.address,
+            "gateway_metrics": self.gateway.metrics_url,
+            "triton_grpc": self.triton.grpc_url,
+            "shards": self.shard_spec(),
+        }
+        return out
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        for sp in self.shards:
+            sp.stop()
+        if self.triton is not None:
+            self.triton.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("up", help="start Triton + shards + gateway on loopback until Ctrl-C")
+    _stack_args(p, default_port=50051)
+    p.add_argument("--run-dir", default="run/stack", help="data and logs (shard data persists here)")
+    p.set_defaults(func=cmd_up)
+
+    p = subparsers.add_parser("demo", help="quickstart: start the stack, index a sample catalog, query, stop")
+    _stack_args(p, default_port=0)
+    p.add_argument(
+        "--manifest", default=str(DEFAULT_MANIFEST), help="catalog manifest CSV (image,label,split)"
+    )
+    p.add_argument("--per-label", type=int, default=4, help="catalog photos indexed per label (0 = all)")
+    p.add_argument("--queries", type=int, default=3, help="query-split photos searched")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+
+def _stack_args(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--port", type=int, default=default_port, help="gateway port (0 = free port)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    opts = StackOptions(Path(args.run_dir), args.shards, args.replicas, args.port, args.precision)
+    t0 = time.monotonic()
+    with _sigterm_as_interrupt():
+        try:
+            with Stack(opts) as stack:
+                print(f"stack ready in {time.monotonic() - t0:.1f}s (model {stack.model_version})")
+                for name, ep in stack.endpoints().items():
+                    print(f"  {name:<16} {ep}")
+                print(f"try: vsearch detect tests/data/bus.jpg --gateway {stack.gateway.address}", flush=True)
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return 0
+
+
+def _sample_catalog(manifest: Path, per_label: int, n_queries: int, seed: int) -> tuple[list, list]:
+    from visual_search.client_cli import iter_source
+
+    catalog = list(iter_source(manifest, "catalog"))
+    queries = list(iter_source(manifest, "query"))
+    if per_label:
+        seen: dict[str, int] = {}
+        picked = []
+        for row in catalog:
+            if seen.get(row[2], 0) < per_label:
+                seen[row[2]] = seen.get(row[2], 0) + 1
+                picked.append(row)
+        catalog = picked
+    rng = random.Random(seed)
+    by_label: dict[str, list] = {}
+    for q in queries:
+        by_label.setdefault(q[2], []).append(q)
+    labels = sorted(by_label)
+    rng.shuffle(labels)
+    return catalog, [rng.choice(by_label[lbl]) for lbl in labels[:n_queries]]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from visual_search.client import Client, IndexItem
+    from visual_search.client_cli import format_result_table
+
+    manifest = Path(args.manifest)
+    if not manifest.exists():
+        raise SystemExit(f"{manifest} not found (the shared data lives at <repo>/../shared)")
+    catalog, queries = _sample_catalog(manifest, args.per_label, args.queries, args.seed)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vsearch-demo-") as tmp, _sigterm_as_interrupt():
+        opts = StackOptions(Path(tmp), args.shards, args.replicas, args.port, args.precision)
+        with Stack(opts) as stack:
+            print(f"== stack up in {time.monotonic() - t0:.1f}s: model {stack.model_version}")
+            for name, ep in stack.endpoints().items():
+                print(f"   {name:<16} {ep}")
+            with Client(stack.gateway.address, timeout=120) as c:
+                t1 = time.monotonic()
+                items = (
+                    IndexItem(i, p.read_bytes(), category=lbl, price=1.0 + (len(i) % 9))
+                    for i, p, lbl in catalog
+                )
+                results = list(c.index(items))
+                bad = [r for r in results if not r.ok]
+                entries = sum(r.entries for r in results)
+                dt = time.monotonic() - t1
+                print(
+                    f"== indexed {len(results) - len(bad)}/{len(catalog)} catalog photos ({entries} entries: "
+                    f"objects + whole images) in {dt:.1f}s ({len(catalog) / dt:.1f} items/s)"
+                )
+                for r in bad[:5]:
+                    print(f"   failed {r.item_id}: {r.error_code} {r.error}")
+                hits_at_5 = 0
+                for _item_id, path, label in queries:
+                    res = c.search(image=path.read_bytes(), k=5)
+                    ok = any(h.category == label for h in res.hits)
+                    hits_at_5 += ok
+                    print(f"\n== query photo {path.name} (product {label}); same product in top 5: {ok}")
+                    print(format_result_table(res))
+                copy_id, copy_path, _ = catalog[len(catalog) // 2]
+                res = c.search(image=copy_path.read_bytes(), k=3)
+                print(
+                    f"\n== exact copy of catalog photo {copy_id}: first hit {res.hits[0].item_id} "
+                    f"exact_match={res.hits[0].exact_match}"
+                )
+                bus = REPO_ROOT / "tests" / "data" / "bus.jpg"
+                det = c.detect(bus.read_bytes())
+                print(f"\n== detect {bus.name}: {det.width}x{det.height}")
+                for d in det.detections:
+                    mark = "  <- default (most salient: confidence x area)" if d.is_default else ""
+                    print(f"   #{d.index} {d.class_name:<10} score {d.score:.2f} box {d.box}{mark}")
+                res = c.search(image=bus.read_bytes(), all_objects=True, k=3)
+                print(f"\n== {bus.name} searched per object (all_objects): {len(res.lists)} result lists")
+                print(format_result_table(res))
+                print(f"\n== {hits_at_5}/{len(queries)} query photos found their product in the top 5")
+    print(f"== demo done in {time.monotonic() - t0:.1f}s; stack stopped")
+    return 0
