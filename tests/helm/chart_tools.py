@@ -84,7 +84,11 @@ _LABEL_SELECTOR = {
 _METADATA = {
     "type": "object",
     "required": ["name", "namespace"],
-    "properties": {"name": {"type": "string", "minLength": 1}, "namespace": {"type": "string"}, "labels": _STRMAP},
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "labels": _STRMAP,
+    },
 }
 SERVICE_MONITOR_SCHEMA = {
     "type": "object",
@@ -100,7 +104,10 @@ SERVICE_MONITOR_SCHEMA = {
                 "namespaceSelector": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
                 "selector": _LABEL_SELECTOR,
                 "endpoints": {
@@ -200,10 +207,9 @@ def _promql_problems(expr: str) -> list[str]:
             continue
         elif ch in "([{":
             stack.append(ch)
-        elif ch in pairs:
-            if not stack or stack.pop() != pairs[ch]:
-                problems.append(f"unbalanced {ch!r}")
-                break
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            problems.append(f"unbalanced {ch!r}")
+            break
     if stack or in_string:
         problems.append("unclosed bracket or string")
     return problems
@@ -214,7 +220,10 @@ def validate_crd(doc: dict[str, Any]) -> list[str]:
 
     kind = doc["kind"]
     schema = SERVICE_MONITOR_SCHEMA if kind == "ServiceMonitor" else PROMETHEUS_RULE_SCHEMA
-    errors = [f"{kind}: {e.message} at {list(e.absolute_path)}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+    errors = [
+        f"{kind}: {e.message} at {list(e.absolute_path)}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+    ]
     if kind == "PrometheusRule" and not errors:
         seen: set[str] = set()
         for group in doc["spec"]["groups"]:
