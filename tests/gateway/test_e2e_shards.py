@@ -194,8 +194,8 @@ def test_slow_replica_is_hedged_and_the_hedge_wins(cluster: Cluster, tmp_path: P
                     times.append(time.monotonic() - t0)
                     assert not res.partial and res.hits[0].item_id == "item0005"
             text = gw.metrics_text()
-        won = metric_value(text, "vsearch_gateway_hedges_won_total", {"shard": "0"})
-        sent = metric_value(text, "vsearch_gateway_hedges_sent_total", {"shard": "0"})
+        won = metric_value(text, "vsearch_gateway_hedges_total", {"shard": "0", "outcome": "won"})
+        sent = metric_value(text, "vsearch_gateway_hedges_total", {"shard": "0", "outcome": "sent"})
         assert won >= 3 and sent >= won  # round robin sends about half the queries to the slow one first
         assert max(times) < 0.25, times  # never waited for the 300 ms replica
     finally:

@@ -113,7 +113,8 @@ class ShardFanout:
 
     def _record_failure(self, rs: ReplicaSet, replica: int, exc: BaseException) -> None:
         code = _code(exc)
-        self.metrics.shard_errors.labels(str(rs.shard_id), code.name).inc()
+        reason = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable"}
+        self.metrics.shard_failures.labels(str(rs.shard_id), reason.get(code, "error")).inc()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             rs.mark_bad(replica)
 
@@ -155,9 +156,9 @@ class ShardFanout:
         label = str(rs.shard_id)
         self.metrics.shard_seconds.labels(label).observe(elapsed)
         if out.hedges_sent:
-            self.metrics.hedges_sent.labels(label).inc(out.hedges_sent)
+            self.metrics.hedges.labels(label, "sent").inc(out.hedges_sent)
         if out.hedge_won:
-            self.metrics.hedges_won.labels(label).inc()
+            self.metrics.hedges.labels(label, "won").inc()
         return out.value, out.hedges_sent
 
     async def _search_one(

@@ -6,43 +6,68 @@ it on /metrics.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
-_NORM_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.001, 1.005, 1.01, 1.02, 1.05, 1.1)
+_NORM_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02, 1.05, 1.1)
 
 
 class GatewayMetrics:
+    """Names and labels follow helm/visual-search/METRICS.md (the dashboard/alert contract)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.requests = Counter(
+            "vsearch_gateway_requests",
+            "Public API calls by method and status",
+            ["method", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "vsearch_gateway_request_seconds",
+            "End-to-end latency of a public call",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("vsearch_gateway_inflight_requests", "Public calls in progress", registry=r)
         self.stage_seconds = Histogram(
-            "vsearch_gateway_stage_seconds", "Wall time per query stage", ["stage"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "vsearch_gateway_stage_seconds",
+            "Wall time per query stage (triton, fanout, rerank)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.shard_seconds = Histogram(
-            "vsearch_gateway_shard_seconds", "Shard answer time seen by the gateway (incl. hedge)",
-            ["shard"], buckets=_LATENCY_BUCKETS, registry=r,
+            "vsearch_gateway_shard_request_seconds",
+            "Time until a shard answered (hedge included)",
+            ["shard"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.hedges_sent = Counter(
-            "vsearch_gateway_hedges_sent", "Hedged requests sent to another replica", ["shard"], registry=r
+        self.hedges = Counter(
+            "vsearch_gateway_hedges", "Hedged requests: outcome=sent|won", ["shard", "outcome"], registry=r
         )
-        self.hedges_won = Counter(
-            "vsearch_gateway_hedges_won", "Hedged requests that answered first", ["shard"], registry=r
-        )
-        self.shard_errors = Counter(
-            "vsearch_gateway_shard_errors", "Failed shard replica calls", ["shard", "code"], registry=r
+        self.shard_failures = Counter(
+            "vsearch_gateway_shard_failures",
+            "Failed shard replica calls; reason=deadline|unavailable|error",
+            ["shard", "reason"],
+            registry=r,
         )
         self.partial_results = Counter(
-            "vsearch_gateway_partial_results", "Queries answered without some shard", registry=r
+            "vsearch_gateway_partial_results", "Search responses flagged partial", registry=r
         )
-        self.requests = Counter(
-            "vsearch_gateway_requests", "Public API calls by method and status", ["method", "code"],
+        self.version_mismatch = Counter(
+            "vsearch_gateway_model_version_mismatch",
+            "Vector queries refused for their model version (R6)",
             registry=r,
         )
         self.embedding_norm = Histogram(
-            "vsearch_gateway_embedding_norm", "L2 norm of embeddings from Triton (drift signal)",
-            buckets=_NORM_BUCKETS, registry=r,
+            "vsearch_gateway_embedding_norm",
+            "L2 norm of embeddings from Triton (drift signal)",
+            buckets=_NORM_BUCKETS,
+            registry=r,
         )
         self.indexed_items = Counter(
             "vsearch_gateway_indexed_items", "Items through IndexItems by outcome", ["outcome"], registry=r

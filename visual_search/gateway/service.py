@@ -49,6 +49,8 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
         @functools.wraps(fn)
         async def inner(self: VisualSearchService, request: Any, context: grpc.aio.ServicerContext) -> R:
             code = grpc.StatusCode.OK
+            t0 = time.monotonic()
+            self.metrics.inflight.inc()
             try:
                 return await fn(self, request, context)
             except V.ApiError as e:
@@ -62,7 +64,11 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
             except TimeoutError:
                 code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
             finally:
+                self.metrics.inflight.dec()
                 self.metrics.requests.labels(name, code.name).inc()
+                self.metrics.request_seconds.labels(name).observe(time.monotonic() - t0)
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                self.metrics.version_mismatch.inc()
             await context.abort(code, msg)
             raise AssertionError("unreachable")
 
