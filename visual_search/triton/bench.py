@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     skipped = sorted(set(args.precisions) - set(precisions))
     images = _images(args.images)
+    load_start = os.getloadavg()
     results: list[dict[str, Any]] = []
     for precision in precisions:
         for batching in (True, False):
@@ -150,6 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "images": len(images),
         "hardware": _hardware(),
+        # the 2 cores are shared with other work; load above the core count makes figures noisy
+        "load_average_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
         "versions": {"onnxruntime": onnxruntime.__version__},
         "batching_config": {f"{k[0]}/{k[1]}": vars(v) for k, v in BATCHING.items() if k[0] == "cpu"},
         "skipped_precisions": skipped,
