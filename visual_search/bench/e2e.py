@@ -125,33 +125,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="vsearch-bench-") as tmp,
         Stack(StackOptions(Path(tmp), shards=args.shards, precision=args.precision)) as stack,
     ):
-        if True:
-            seed_s = _seed_shards(stack, args.items)
-            print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
-            time.sleep(args.settle)
-            stats = [sp.stub().Stats(shard_pb2.StatsRequest(), timeout=10) for sp in stack.shards]
-            index_types = [f"{s.index_type} ({s.entries} entries)" for s in stats]
+        seed_s = _seed_shards(stack, args.items)
+        print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
+        time.sleep(args.settle)
+        stats = [sp.stub().Stats(shard_pb2.StatsRequest(), timeout=10) for sp in stack.shards]
+        index_types = [f"{s.index_type} ({s.entries} entries)" for s in stats]
 
-            def photo_req(i: int) -> search_pb2.QueryRequest:
-                q = search_pb2.QueryRequest(k=args.k)
-                q.image.image = photos[i % len(photos)]
-                return q
+        def photo_req(i: int) -> search_pb2.QueryRequest:
+            q = search_pb2.QueryRequest(k=args.k)
+            q.image.image = photos[i % len(photos)]
+            return q
 
-            def vector_req(i: int) -> search_pb2.QueryRequest:
-                q = search_pb2.QueryRequest(k=args.k)
-                q.vector.vector_f16 = qvecs[i % len(qvecs)].astype("<f2").tobytes()
-                q.vector.model_version = stack.model_version
-                return q
+        def vector_req(i: int) -> search_pb2.QueryRequest:
+            q = search_pb2.QueryRequest(k=args.k)
+            q.vector.vector_f16 = qvecs[i % len(qvecs)].astype("<f2").tobytes()
+            q.vector.model_version = stack.model_version
+            return q
 
-            for c in args.concurrency:
-                r = asyncio.run(_drive(stack.gateway.address, vector_req, c, args.seconds / 2))
-                results["vector_queries"].append(r)
-                print("vector", json.dumps(r), flush=True)
-            for c in args.concurrency:
-                r = asyncio.run(_drive(stack.gateway.address, photo_req, c, args.seconds))
-                results["photo_queries"].append(r)
-                print("photo", json.dumps(r), flush=True)
-            model_version = stack.model_version
+        for c in args.concurrency:
+            r = asyncio.run(_drive(stack.gateway.address, vector_req, c, args.seconds / 2))
+            results["vector_queries"].append(r)
+            print("vector", json.dumps(r), flush=True)
+        for c in args.concurrency:
+            r = asyncio.run(_drive(stack.gateway.address, photo_req, c, args.seconds))
+            results["photo_queries"].append(r)
+            print("photo", json.dumps(r), flush=True)
+        model_version = stack.model_version
     return {
         "benchmark": "e2e",
         "what": "public Search: gateway -> Triton (detect + embed default box) -> shards -> merge/re-rank",
