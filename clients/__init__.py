@@ -1,0 +1,24 @@
+"""Thin re-export of the typed client library (implementation: visual_search/client.py)."""
+
+from visual_search.client import (
+    AsyncClient,
+    Client,
+    DetectResult,
+    FailedPrecondition,
+    Hit,
+    IndexItem,
+    IndexResult,
+    InvalidArgument,
+    NotFound,
+    ResultList,
+    SearchResult,
+    Unauthenticated,
+    Unavailable,
+    VisualSearchError,
+)
+
+__all__ = [
+    "AsyncClient", "Client", "DetectResult", "FailedPrecondition", "Hit", "IndexItem", "IndexResult",
+    "InvalidArgument", "NotFound", "ResultList", "SearchResult", "Unauthenticated", "Unavailable",
+    "VisualSearchError",
+]
