@@ -178,7 +178,13 @@ def hardware() -> dict[str, Any]:
         ),
         "",
     )
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "gpu": None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpu": None,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # the 2 cores may be shared
+    }
 
 
 def _main(args: argparse.Namespace) -> int:

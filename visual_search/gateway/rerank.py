@@ -51,18 +51,26 @@ def mark_exact(cands: list[Candidate], query_phash: int, max_distance: int) -> N
 
 
 def collapse_duplicates(ranked: list[Candidate], threshold: float) -> list[Candidate]:
-    """Greedy in rank order: drop a candidate whose vector is > threshold cosine to a kept one."""
+    """Greedy in rank order: drop a candidate whose vector is > threshold cosine to a kept one.
+
+    Dot products are elementwise multiply + sum on purpose: for these tiny matrices a BLAS call
+    costs more in thread wake-up (and spinning on a busy host) than the arithmetic.
+    """
     kept: list[Candidate] = []
     with_vec: list[Candidate] = []  # the kept candidates that have a vector, in kept order
+    mat = np.empty((len(ranked), 0), np.float32)
     for c in ranked:
         if c.vector is not None and with_vec:
-            sims = np.stack([w.vector for w in with_vec if w.vector is not None]) @ c.vector
+            sims = (mat[: len(with_vec)] * c.vector).sum(axis=1)
             j = int(np.argmax(sims))
             if float(sims[j]) > threshold:
                 with_vec[j].duplicates.append(c.item_id)
                 continue
         kept.append(c)
         if c.vector is not None:
+            if mat.shape[1] != c.vector.shape[0]:
+                mat = np.empty((len(ranked), c.vector.shape[0]), np.float32)
+            mat[len(with_vec)] = c.vector
             with_vec.append(c)
     return kept
 
