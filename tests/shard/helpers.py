@@ -25,13 +25,22 @@ def f16(v: np.ndarray) -> bytes:
     return v.astype("<f2").tobytes()
 
 
-def make_item(item_id: str, vecs: np.ndarray, *, category: str = "shoes", price: float = 10.0,
-              available: bool = True, region: str = "eu", attrs: dict[str, str] | None = None) -> pb.Item:
+def make_item(
+    item_id: str,
+    vecs: np.ndarray,
+    *,
+    category: str = "shoes",
+    price: float = 10.0,
+    available: bool = True,
+    region: str = "eu",
+    attrs: dict[str, str] | None = None,
+) -> pb.Item:
     vecs = np.atleast_2d(vecs)
     return pb.Item(
         item_id=item_id,
-        metadata=pb.ItemMetadata(category=category, price=price, available=available, region=region,
-                                 attributes=attrs or {}),
+        metadata=pb.ItemMetadata(
+            category=category, price=price, available=available, region=region, attributes=attrs or {}
+        ),
         entries=[pb.Entry(entry_id=ids.entry_id(item_id, j), vector_f16=f16(v)) for j, v in enumerate(vecs)],
     )
 
@@ -40,9 +49,15 @@ def catalog(n: int, seed: int = 0, start: int = 0) -> tuple[list[pb.Item], np.nd
     """n single-entry items with varied metadata; item i has category c{i%5}, price i, region r{i%3}."""
     vecs = unit_vectors(n, seed)
     items = [
-        make_item(f"item-{start + i}", vecs[i], category=f"c{(start + i) % 5}", price=float(start + i),
-                  available=(start + i) % 2 == 0, region=f"r{(start + i) % 3}",
-                  attrs={"color": ["red", "blue"][(start + i) % 2]})
+        make_item(
+            f"item-{start + i}",
+            vecs[i],
+            category=f"c{(start + i) % 5}",
+            price=float(start + i),
+            available=(start + i) % 2 == 0,
+            region=f"r{(start + i) % 3}",
+            attrs={"color": ["red", "blue"][(start + i) % 2]},
+        )
         for i in range(n)
     ]
     return items, vecs

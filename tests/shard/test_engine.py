@@ -139,8 +139,9 @@ def test_training_transition_and_recall(tmp_path: Path, pq_bits: int) -> None:
     assert eng.tombstones == 0 and eng.rebuild_due() is None
     qs = vecs[:30] + 0.1 * unit_vectors(30, seed=5)
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-    hits = sum(len(set(top_ids(eng, q, 10, nprobe=16)) & {f"item-{i}" for i in exact_top(vecs, q, 10)})
-               for q in qs)
+    hits = sum(
+        len(set(top_ids(eng, q, 10, nprobe=16)) & {f"item-{i}" for i in exact_top(vecs, q, 10)}) for q in qs
+    )
     assert hits / 300 >= 0.9
     eng.close(final_snapshot=False)
 

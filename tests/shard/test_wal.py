@@ -16,7 +16,11 @@ def test_append_replay_roundtrip(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path)
     assert wal.last_seq == 6
     recs = list(wal.replay(after_seq=3))
-    assert [(s, op, p) for s, op, p in recs] == [(4, OP_UPSERT, b"rec3"), (5, OP_UPSERT, b"rec4"), (6, OP_DELETE, b"gone")]
+    assert [(s, op, p) for s, op, p in recs] == [
+        (4, OP_UPSERT, b"rec3"),
+        (5, OP_UPSERT, b"rec4"),
+        (6, OP_DELETE, b"gone"),
+    ]
 
 
 @pytest.mark.parametrize("cut", [1, 5, 13, 20])
