@@ -34,6 +34,7 @@ class StackOptions:
     gateway_port: int = 0  # 0 = a free port
     precision: str = "auto"  # auto = int8 when exported, else fp32
     gateway_args: list[str] = field(default_factory=list)
+    shard_args: list[str] = field(default_factory=list)  # extra `vsearch shard` flags
 
 
 class Stack:
@@ -74,6 +75,7 @@ class Stack:
                         shard_id=s,
                         model_version=self.model_version,
                         log_path=run / f"shard{s}-{r}.log",
+                        extra_args=self.opts.shard_args,
                     )
                     self.shards.append(sp.start(wait=False))
             for sp in self.shards:
