@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "visual_search.gateway.cli",
     "visual_search.client_cli",
     "visual_search.launcher",
+    "visual_search.eval.cli",
 ]
 BENCH_MODULES: list[str] = [
     "visual_search.triton.bench",

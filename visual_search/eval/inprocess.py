@@ -1,8 +1,9 @@
 """In-process evaluation: reference pipeline + exact search, no services.
 
 Gives the upper bound the served path (Triton + IVF-PQ shards + gateway) is compared against, so
-serving/index losses show up as a difference. Catalog items may be indexed as the whole image only
-or as whole image + every detected object; an item scores as its best entry, as on the shards.
+serving/index losses show up as a difference. Each image is detected and embedded once (whole
+image + every object); the configurations (whole-image vs object entries on either side) are then
+cheap re-combinations. An item scores as its best entry, as on the shards.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from visual_search.reference import ReferencePipeline
 
 
 @dataclass
+class ImageEmbeddings:
+    whole: np.ndarray  # float32 [D]
+    objects: np.ndarray  # float32 [N, D], detections in detector order
+    salient: int  # index of the most salient object (confidence x area); -1 = none
+
+
+@dataclass
 class EmbeddedSet:
     """Entry vectors of a set of images; entry_item[i] = index of the image entry i belongs to."""
 
@@ -25,36 +33,37 @@ class EmbeddedSet:
     entry_item: np.ndarray  # int64 [E]
 
 
-def most_salient_box(pipe: ReferencePipeline, img: np.ndarray) -> np.ndarray | None:
-    d = pipe.detect(img)
-    if len(d) == 0:
-        return None
-    return d.boxes[int(np.argmax(P.salience(d.boxes, d.scores, img.shape[1], img.shape[0])))]
+def embed_images(pipe: ReferencePipeline, images: Sequence[LabeledImage]) -> list[ImageEmbeddings]:
+    out = []
+    for item in images:
+        img = P.decode_image(item.path.read_bytes())
+        oe = pipe.detect_and_embed(img)
+        d = oe.detections
+        sal = P.salience(d.boxes, d.scores, img.shape[1], img.shape[0])
+        out.append(
+            ImageEmbeddings(
+                oe.whole_vector.astype(np.float32),
+                oe.object_vectors.astype(np.float32).reshape(len(d), -1),
+                int(np.argmax(sal)) if len(d) else -1,
+            )
+        )
+    return out
 
 
-def embed_catalog(pipe: ReferencePipeline, images: Sequence[LabeledImage], objects: bool) -> EmbeddedSet:
+def catalog_entries(embs: Sequence[ImageEmbeddings], objects: bool) -> EmbeddedSet:
+    """Whole image per item, plus (objects=True) one entry per detected object, as the gateway indexes."""
     vecs: list[np.ndarray] = []
     owner: list[int] = []
-    for i, item in enumerate(images):
-        img = P.decode_image(item.path.read_bytes())
-        if objects:
-            oe = pipe.detect_and_embed(img)
-            v = np.vstack([oe.whole_vector[None], oe.object_vectors])
-        else:
-            v = pipe.embed(img)[None]
-        vecs.append(v.astype(np.float32))
+    for i, e in enumerate(embs):
+        v = np.vstack([e.whole[None], e.objects]) if objects else e.whole[None]
+        vecs.append(v)
         owner.extend([i] * len(v))
     return EmbeddedSet(np.vstack(vecs), np.asarray(owner, np.int64))
 
 
-def embed_queries(pipe: ReferencePipeline, images: Sequence[LabeledImage], objects: bool) -> np.ndarray:
-    """One vector per query: the most salient object (objects=True, whole image if none) or whole."""
-    out = []
-    for item in images:
-        img = P.decode_image(item.path.read_bytes())
-        box = most_salient_box(pipe, img) if objects else None
-        out.append(pipe.embed(img, box))
-    return np.vstack(out).astype(np.float32)
+def query_vectors(embs: Sequence[ImageEmbeddings], objects: bool) -> np.ndarray:
+    """The most salient object's vector (objects=True; whole image when none) or the whole image."""
+    return np.vstack([e.objects[e.salient] if objects and e.salient >= 0 else e.whole for e in embs])
 
 
 def rank_items(queries: np.ndarray, catalog: EmbeddedSet, n_items: int, k: int) -> np.ndarray:
