@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "visual_search.client_cli",
     "visual_search.launcher",
     "visual_search.eval.cli",
+    "visual_search.eval.canary_cli",
 ]
 BENCH_MODULES: list[str] = [
     "visual_search.triton.bench",
