@@ -57,7 +57,7 @@ class Stack:
     def start(self) -> Stack:
         from ensemble.generate import Options
         from visual_search.gateway.process import GatewayProcess
-        from visual_search.testing import ShardProcess, wait_healthy
+        from visual_search.testing import ShardProcess, free_port, wait_healthy
         from visual_search.triton.client import TritonClient
         from visual_search.triton.server import TritonServer
 
@@ -74,6 +74,7 @@ class Stack:
                         run / f"shard{s}-{r}",
                         shard_id=s,
                         model_version=self.model_version,
+                        metrics_port=free_port(),
                         log_path=run / f"shard{s}-{r}.log",
                         extra_args=self.opts.shard_args,
                     )
@@ -102,9 +103,14 @@ class Stack:
             "gateway": self.gateway.address,
             "gateway_metrics": self.gateway.metrics_url,
             "triton_grpc": self.triton.grpc_url,
+            "triton_metrics": f"http://127.0.0.1:{self.triton.metrics_port}/metrics",
             "shards": self.shard_spec(),
+            "shard_metrics": ",".join(self.shard_metrics_urls()),
         }
         return out
+
+    def shard_metrics_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{sp.metrics_port}/metrics" for sp in self.shards]
 
     def stop(self) -> None:
         if self.gateway is not None:

@@ -297,11 +297,11 @@ def test_health_reflection_metrics(shard: ShardProcess) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{shard.metrics_port}/metrics", timeout=10).read().decode()
     )
     for metric in (
-        'vsearch_shard_stage_seconds_count{shard="0",stage="ann"}',
+        'vsearch_shard_search_stage_seconds_count{shard="0",stage="ann"}',
         "vsearch_shard_vectors",
         "vsearch_shard_tombstones",
         "vsearch_shard_wal_bytes",
-        "vsearch_shard_seconds_since_snapshot",
+        "vsearch_shard_snapshot_age_seconds",
         "vsearch_shard_index_age_seconds",
     ):
         assert metric in text

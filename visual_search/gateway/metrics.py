@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+# The contract's bounds (METRICS.md), shared with the shards so quantiles compare across processes.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5,
+    0.75, 1.0, 2.5, 5.0,
+)
+# Query stages, in pipeline order (the `stage` label of vsearch_gateway_stage_seconds).
+STAGES = ("decode", "detect", "embed", "fanout", "merge", "rerank")
 _NORM_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02, 1.05, 1.1)
 
 
@@ -28,22 +34,22 @@ class GatewayMetrics:
             "vsearch_gateway_request_seconds",
             "End-to-end latency of a public call",
             ["method"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inflight = Gauge("vsearch_gateway_inflight_requests", "Public calls in progress", registry=r)
         self.stage_seconds = Histogram(
             "vsearch_gateway_stage_seconds",
-            "Wall time per query stage (triton, fanout, rerank)",
+            "Wall time per query stage: " + ", ".join(STAGES),
             ["stage"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.shard_seconds = Histogram(
             "vsearch_gateway_shard_request_seconds",
             "Time until a shard answered (hedge included)",
             ["shard"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.hedges = Counter(

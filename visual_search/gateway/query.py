@@ -10,7 +10,9 @@ the item's stored vector of its most salient object (entry 1, as indexed), else 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from grpc import StatusCode
@@ -22,6 +24,8 @@ from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.labels import class_name
 from visual_search.gateway.phash import phash
 from visual_search.v1 import search_pb2
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ResolvedQuery:
     query_phash: int = 0
     exclude_item: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)  # decode/detect/embed wall time
 
 
 def _spec_from_object(objs: Objects, i: int, vec: np.ndarray) -> QuerySpec:
@@ -53,8 +58,19 @@ def _spec_from_object(objs: Objects, i: int, vec: np.ndarray) -> QuerySpec:
 async def _resolve_image(
     q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float
 ) -> ResolvedQuery:
+    stages: dict[str, float] = {}  # decode / detect / embed seconds, for the stage histogram
+
+    async def timed(stage: str, call: Awaitable[T]) -> T:
+        t = time.monotonic()
+        try:
+            return await call
+        finally:
+            stages[stage] = stages.get(stage, 0.0) + time.monotonic() - t
+
+    t_dec = time.monotonic()
     rgb = V.decode_image(q.image)
     h, w = rgb.shape[:2]
+    stages["decode"] = time.monotonic() - t_dec
     if embedder is None:
         raise V.ApiError(StatusCode.UNAVAILABLE, "image queries need Triton, which this gateway has not got")
     t0 = time.monotonic()
@@ -65,28 +81,33 @@ async def _resolve_image(
 
     specs: list[QuerySpec]
     if sel == "whole_image":
-        specs = [QuerySpec(await embedder.embed(q.image, None, left()))]
+        specs = [QuerySpec(await timed("embed", embedder.embed(q.image, None, left())))]
     elif sel == "box":
         box = V.check_box(q.box, w, h)
-        specs = [QuerySpec(await embedder.embed(q.image, box.tolist(), left()), tuple(map(float, box)))]
+        vec = await timed("embed", embedder.embed(q.image, box.tolist(), left()))
+        specs = [QuerySpec(vec, tuple(map(float, box)))]
     elif sel == "all_objects":
-        objs = await embedder.detect_and_embed(q.image, w, h, left())
+        objs = await timed("detect", embedder.detect_and_embed(q.image, w, h, left()))
         if len(objs) and objs.embeddings is not None:
             specs = [_spec_from_object(objs, i, objs.embeddings[i]) for i in range(len(objs))]
         else:
             assert objs.image_embedding is not None
             specs = [QuerySpec(objs.image_embedding)]
     else:
-        objs = await embedder.detect(q.image, w, h, left())
+        objs = await timed("detect", embedder.detect(q.image, w, h, left()))
         idx = int(q.box_index) if sel == "box_index" else 0
         if sel == "box_index" and idx >= len(objs):
             raise V.invalid(f"box_index {idx} out of range: the photo has {len(objs)} detected objects")
         if len(objs):
-            vec = await embedder.embed(q.image, objs.boxes[idx].tolist(), left())
+            vec = await timed("embed", embedder.embed(q.image, objs.boxes[idx].tolist(), left()))
             specs = [_spec_from_object(objs, idx, vec)]
         else:
-            specs = [QuerySpec(await embedder.embed(q.image, None, left()))]
-    return ResolvedQuery(specs, triton_s=time.monotonic() - t0, query_phash=phash(rgb))
+            specs = [QuerySpec(await timed("embed", embedder.embed(q.image, None, left())))]
+    triton_s = time.monotonic() - t0
+    t_hash = time.monotonic()
+    query_phash = phash(rgb)
+    stages["decode"] += time.monotonic() - t_hash  # pHash is image work on the decoded pixels
+    return ResolvedQuery(specs, triton_s=triton_s, query_phash=query_phash, stage_s=stages)
 
 
 async def _resolve_item(item_id: str, fanout: ShardFanout, deadline: float) -> ResolvedQuery:
@@ -118,7 +139,9 @@ async def resolve(
     if kind == "image":
         return await _resolve_image(req.image, embedder, deadline)
     if kind == "vector":
-        return ResolvedQuery([QuerySpec(V.decode_query_vector(req.vector, served_version))])
+        t = time.monotonic()
+        vec = V.decode_query_vector(req.vector, served_version)
+        return ResolvedQuery([QuerySpec(vec)], stage_s={"decode": time.monotonic() - t})
     if kind == "item_id":
         return await _resolve_item(req.item_id, fanout, deadline)
     raise V.invalid("query is empty: set image, vector or item_id")

@@ -103,9 +103,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         if self.embedder is None:
             raise V.ApiError(grpc.StatusCode.UNAVAILABLE, "Detect needs Triton (not configured)")
         h, w = rgb.shape[:2]
+        t1 = time.monotonic()
+        self.metrics.stage_seconds.labels("decode").observe(t1 - t0)
         objs = await self.embedder.detect(request.image, w, h, self._deadline(context) - time.monotonic())
-        triton_s = time.monotonic() - t0
-        self.metrics.stage_seconds.labels("triton").observe(triton_s)
+        triton_s = time.monotonic() - t1
+        self.metrics.stage_seconds.labels("detect").observe(triton_s)
 
         resp = search_pb2.DetectResponse(
             width=w, height=h, model_version=self.model_version, default_index=0 if len(objs) else -1,
@@ -126,11 +128,13 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         t0 = time.monotonic()
         V.check_k(request.k)
         V.check_filter(request.filter)
+        checks_s = time.monotonic() - t0
         opts = request.options
         deadline = self._deadline(context)
         rq = await resolve(request, self.embedder, self.fanout, self.model_version, deadline)
-        if rq.triton_s:
-            self.metrics.stage_seconds.labels("triton").observe(rq.triton_s)
+        rq.stage_s["decode"] = rq.stage_s.get("decode", 0.0) + checks_s
+        for stage, seconds in rq.stage_s.items():
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
         collapse = not opts.keep_duplicates
         k_shard = request.k * (self.cfg.candidate_factor if collapse else 1) + _DUP_MARGIN * collapse
         k_shard = min(contract.MAX_K, k_shard + (1 if rq.exclude_item else 0))
@@ -157,21 +161,24 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             model_version=self.model_version, partial=bool(fan.missing),
             missing_shards=sorted(fan.missing), hedges_sent=fan.hedges_sent,
         )
+        merge_s = 0.0
         for qi, spec in enumerate(rq.specs):
+            tm = time.monotonic()
             per_shard = [(sid, r.results[qi].hits) for sid, r in fan.responses.items() if qi < len(r.results)]
             cands = merge_topk(per_shard, 10**9)
             if rq.exclude_item and not opts.include_self:
                 cands = [c for c in cands if c.item_id != rq.exclude_item]
+            merge_s += time.monotonic() - tm
             ranked = rerank(cands, request.k, params)
             rl = resp.results.add(detection_index=spec.detection_index, class_name=spec.class_name)
             qb = _box(spec.box)
             if qb is not None:
                 rl.query_box.CopyFrom(qb)
             rl.hits.extend(self._match(c) for c in ranked)
-        rerank_s = time.monotonic() - t2
-        self.metrics.stage_seconds.labels("rerank").observe(rerank_s)
-        total = time.monotonic() - t0
-        self.metrics.stage_seconds.labels("total").observe(total)
+        rerank_s = time.monotonic() - t2  # the API's rerank_ms keeps merge + re-rank together
+        self.metrics.stage_seconds.labels("merge").observe(merge_s)
+        self.metrics.stage_seconds.labels("rerank").observe(rerank_s - merge_s)
+        total = time.monotonic() - t0  # end to end is vsearch_gateway_request_seconds{method="Search"}
         t = resp.timings
         t.triton_ms, t.fanout_ms, t.rerank_ms, t.total_ms = map(_ms, (rq.triton_s, fanout_s, rerank_s, total))
         return resp

@@ -150,6 +150,8 @@ class ShardEngine:
         self._replay()
         self._stop = threading.Event()
         self._policy_thread: threading.Thread | None = None
+        # Called with the seconds from a write's WAL fsync until it is searchable (ingest lag, R12).
+        self.on_ingest_lag: Callable[[float], None] | None = None
 
     # ---- identity ---------------------------------------------------------------------------
     def _check_stamp(self) -> None:
@@ -258,14 +260,22 @@ class ShardEngine:
         ).SerializeToString()
         with self._write_mutex:
             seq = self.wal.append(OP_UPSERT, payload)
+            durable = time.monotonic()
             entries = self._apply_upsert(decoded, seq)
+            self._ingest_lag(durable)
         return len(decoded), entries, seq
 
     def delete(self, item_ids: list[str]) -> tuple[int, list[str], int]:
         with self._write_mutex:
             seq = self.wal.append(OP_DELETE, shard_pb2.DeleteRequest(item_ids=item_ids).SerializeToString())
+            durable = time.monotonic()
             not_found = self._apply_delete(item_ids, seq)
+            self._ingest_lag(durable)
         return len(set(item_ids)) - len(set(not_found)), not_found, seq
+
+    def _ingest_lag(self, durable: float) -> None:
+        if self.on_ingest_lag is not None:
+            self.on_ingest_lag(time.monotonic() - durable)
 
     def bulk_import(
         self,

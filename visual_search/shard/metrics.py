@@ -1,7 +1,12 @@
-"""Prometheus metrics of a shard (one registry per process; labels carry the shard id)."""
+"""Prometheus metrics of a shard (one registry per process; every series carries `shard`).
+
+Names, labels and buckets follow helm/visual-search/METRICS.md, the contract the chart's dashboard
+and alerts query; tests/load/test_metrics_contract.py scrapes a real shard against it.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -9,26 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from visual_search.shard.engine import ShardEngine
 
+# The contract's latency bounds plus three sub-millisecond ones: shard stages often take < 1 ms,
+# and a superset of the gateway's bounds keeps quantiles comparable across processes.
 _BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.015,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
 )
+_INGEST_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 class ShardMetrics:
@@ -36,36 +28,49 @@ class ShardMetrics:
         self.registry = registry or CollectorRegistry()
         shard = str(engine.shard_id)
         r = self.registry
+        self.shard = shard
+        self.requests = Counter(
+            "vsearch_shard_requests", "Shard API calls by outcome", ["shard", "method", "code"], registry=r
+        )
+        self.search_seconds = Histogram(
+            "vsearch_shard_search_seconds", "Shard-side latency of one search", ["shard"],
+            buckets=_BUCKETS, registry=r,
+        )
         self.stage = Histogram(
-            "vsearch_shard_stage_seconds",
-            "Per-stage search latency",
+            "vsearch_shard_search_stage_seconds",
+            "Per-stage search latency: ann, rescore, filter",
             ["shard", "stage"],
             buckets=_BUCKETS,
             registry=r,
         )
         self.rpc = Histogram(
-            "vsearch_shard_rpc_seconds", "RPC latency", ["shard", "method"], buckets=_BUCKETS, registry=r
+            "vsearch_shard_rpc_seconds", "Latency of every shard RPC by method (beyond the contract)",
+            ["shard", "method"], buckets=_BUCKETS, registry=r,
         )
-        self.errors = Counter(
-            "vsearch_shard_rpc_errors_total",
-            "RPCs ended with an error status",
-            ["shard", "method", "code"],
+        ingest_lag = Histogram(
+            "vsearch_shard_ingest_lag_seconds",
+            "Seconds from a write's WAL fsync until it is searchable (R12)",
+            ["shard"],
+            buckets=_INGEST_LAG_BUCKETS,
             registry=r,
         )
-        self.shard = shard
+        engine.on_ingest_lag = ingest_lag.labels(shard).observe
+        info = Gauge("vsearch_shard_info", "Model version stamped on the shard", ["shard", "model_version"],
+                     registry=r)
+        info.labels(shard, engine.model_version).set(1)
         gauges = {
             "vsearch_shard_vectors": ("Live entries (vectors)", lambda: engine.store.n_entries),
             "vsearch_shard_items": ("Live items", lambda: len(engine.store.items)),
             "vsearch_shard_tombstones": ("Dead entries still in the ANN index", lambda: engine.tombstones),
             "vsearch_shard_wal_bytes": ("Write-ahead log size", lambda: engine.wal.size_bytes),
             "vsearch_shard_wal_sequence": ("Last applied WAL sequence", lambda: engine.applied_seq),
-            "vsearch_shard_seconds_since_snapshot": (
-                "Age of the last snapshot",
-                lambda: __import__("time").time() - engine.snapshot_time,
+            "vsearch_shard_snapshot_age_seconds": (
+                "Seconds since the last durable snapshot",
+                lambda: time.time() - engine.snapshot_time,
             ),
             "vsearch_shard_index_age_seconds": (
-                "Age of the ANN index (since (re)build)",
-                lambda: __import__("time").time() - engine.index_built_at,
+                "Seconds since the ANN index was (re)built",
+                lambda: time.time() - engine.index_built_at,
             ),
             "vsearch_shard_index_trained": (
                 "1 when serving IVF-PQ, 0 while exact",

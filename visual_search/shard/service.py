@@ -34,7 +34,7 @@ def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
         @wraps(fn)
         def wrapper(self: ShardServicer, request: Any, context: grpc.ServicerContext) -> R:
             t0 = time.perf_counter()
-            code, msg = None, ""
+            code, msg = grpc.StatusCode.OK, ""
             try:
                 return fn(self, request, context)
             except ValidationError as exc:
@@ -47,8 +47,9 @@ def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
                 log.exception("internal error", extra={"method": method})
                 code, msg = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
             finally:
-                self.metrics.rpc.labels(self.metrics.shard, method).observe(time.perf_counter() - t0)
-            self.metrics.errors.labels(self.metrics.shard, method, code.name).inc()
+                m = self.metrics
+                m.rpc.labels(m.shard, method).observe(time.perf_counter() - t0)
+                m.requests.labels(m.shard, method, code.name).inc()
             context.abort(code, msg)
             raise AssertionError("unreachable")  # context.abort raises
 
@@ -92,6 +93,7 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
             deadline=_deadline_check(context),
         )
         m = self.metrics
+        m.search_seconds.labels(m.shard).observe(t.ann_s + t.rescore_s + t.filter_s)
         m.stage.labels(m.shard, "ann").observe(t.ann_s)
         m.stage.labels(m.shard, "rescore").observe(t.rescore_s)
         m.stage.labels(m.shard, "filter").observe(t.filter_s)
