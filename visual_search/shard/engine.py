@@ -281,13 +281,19 @@ class ShardEngine:
         self,
         records: list[tuple[str, shard_pb2.ItemMetadata, list[int], list[tuple[float, ...]]]],
         vectors: np.ndarray,
+        index: AnnIndex | None = None,
     ) -> None:
-        """Load an empty shard without the WAL (benchmarks, migrations); durable via a snapshot."""
+        """Load an empty shard without the WAL (benchmarks, migrations); durable via a snapshot.
+        `index`, if given, must already hold exactly these entries (by entry id)."""
         with self._write_mutex, self._rw.write():
             if self.store.n_entries or self.applied_seq:
                 raise RuntimeError("bulk_import needs an empty shard")
             bulk_load(self.store, records, vectors)
-            self._add_all_to(self.index)
+            if index is None:
+                self._add_all_to(self.index)
+            else:
+                self.index = index
+                self.trained_at_entries = len(vectors)
         self.snapshot()
 
     # ---- reads ------------------------------------------------------------------------------

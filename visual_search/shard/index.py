@@ -117,14 +117,11 @@ class AnnIndex:
         if not self.trained:
             return self.ntotal * (self.cpu_index.d * 4 + 8)
         ivf: Any = faiss.extract_index_ivf(self.cpu_index)
-        inv: Any = ivf.invlists
-        code_size = inv.code_size
-        total = 0
-        bs = getattr(ivf, "bbs", 0)  # fast-scan stores codes in blocks of bbs vectors
-        for i in range(ivf.nlist):
-            size = inv.list_size(i)
-            if bs:
-                total += -(-size // bs) * bs * ivf.M2 // 2 + size * 8
-            else:
-                total += size * (code_size + 8)
+        inv: Any = faiss.downcast_InvertedLists(ivf.invlists)
+        sizes = [inv.list_size(i) for i in range(ivf.nlist)]
+        if hasattr(inv, "n_per_block"):  # fast-scan: codes packed in blocks of n_per_block vectors
+            codes = sum(-(-n // inv.n_per_block) * inv.block_size for n in sizes)
+        else:
+            codes = sum(sizes) * inv.code_size
+        total = codes + sum(sizes) * 8  # + 64-bit ids
         return int(total + ivf.nlist * ivf.d * 4)
