@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/install_browser.sh  # Debian chromium for the web page test
 . .venv/bin/activate
 ruff check .
 mypy
