@@ -27,6 +27,7 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.shard_bench",
     "visual_search.bench.crash",
     "visual_search.bench.e2e",
+    "visual_search.bench.load",
 ]
 
 
