@@ -71,8 +71,8 @@ def _writer(
                     ledger.unknown[v] = None
             try:
                 stub.Delete(pb.DeleteRequest(item_ids=victims), timeout=10)
-            except grpc.RpcError:
-                return  # killed: leave them unknown
+            except (grpc.RpcError, ValueError):  # ValueError: channel closed by the kill
+                return  # leave them unknown
             with ledger.lock:
                 for v in victims:
                     ledger.unknown.pop(v, None)
@@ -105,7 +105,7 @@ def _writer(
                 ledger.unknown[name] = b
         try:
             stub.Upsert(pb.UpsertRequest(items=items, model_version=model), timeout=10)
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):
             return
         with ledger.lock:
             for name, b in zip(names, blobs, strict=True):
