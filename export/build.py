@@ -106,5 +106,10 @@ def main(argv: list[str] | None = None) -> None:
 
         metas.update(quantize.build_all(ARTIFACTS, FILES, metas, calib, calib_hash))
     man = manifest.write(ARTIFACTS, {k: FILES[k] for k in metas})
+    if not args.skip_int8:  # gates decide which precision serving uses per role
+        from export import gates
+
+        rep = gates.write_report()
+        man = manifest.write(ARTIFACTS, {k: FILES[k] for k in metas}, gates.default_precision(rep))
     print(json.dumps({k: v["file"] for k, v in man["artifacts"].items()}, indent=1))
     print(f"export done in {time.time() - t0:.0f}s; shared dir {SHARED}")

@@ -12,8 +12,12 @@ from export.env import sha256_file
 SCHEMA = 1
 
 
-def write(root: Path, files: dict[str, str], default_precision: str | None = None) -> dict[str, Any]:
-    """(Re)write the manifest from the files on disk; metadata is read back from each ONNX."""
+def write(root: Path, files: dict[str, str],
+          default_precision: dict[str, str] | None = None) -> dict[str, Any]:
+    """(Re)write the manifest from the files on disk; metadata is read back from each ONNX.
+
+    default_precision (per role) is what serving uses: INT8 only where it passed its gates.
+    """
     arts: dict[str, Any] = {}
     for name, fname in sorted(files.items()):
         p = root / fname
@@ -23,7 +27,7 @@ def write(root: Path, files: dict[str, str], default_precision: str | None = Non
                       "model_version": meta.get("model_version", ""), "metadata": meta}
     versions = {a["precision"]: a["model_version"] for a in arts.values() if a["role"] == "encoder"}
     if default_precision is None:
-        default_precision = "int8" if "int8" in versions else "fp32"
+        default_precision = {role: "fp32" for role in sorted({a["role"] for a in arts.values()})}
     man = {"schema": SCHEMA, "encoder_model_version": versions, "default_precision": default_precision,
            "artifacts": arts}
     (root / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")

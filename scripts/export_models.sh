@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 [ -x .venv-export/bin/python ] || bash scripts/install_export.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # shared 2-core machines: stay bounded
 .venv-export/bin/python -m export "$@"
-.venv-export/bin/python -m export.gates
+# `python -m export` also runs the INT8 gates (benchmarks/int8_gates.json) when it rebuilds.

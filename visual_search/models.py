@@ -44,15 +44,16 @@ def load_manifest() -> dict[str, Any]:
     return _load(artifacts_dir() / "manifest.json")
 
 
-def default_precision() -> Precision:
-    """Precision serving uses unless told otherwise: INT8 where it passed its gates, else FP32."""
-    p = load_manifest().get("default_precision", "fp32")
+def default_precision(role: Role = "encoder") -> Precision:
+    """Precision serving uses for a role unless told otherwise: INT8 only where it passed its gates
+    (benchmarks/int8_gates.json), else FP32."""
+    p = load_manifest().get("default_precision", {}).get(role, "fp32")
     return "int8" if p == "int8" else "fp32"
 
 
 def _name(name_or_role: str, precision: Precision | None) -> str:
     if name_or_role in ("detector", "encoder"):
-        return f"{name_or_role}_{precision or default_precision()}"
+        return f"{name_or_role}_{precision or default_precision(name_or_role)}"  # type: ignore[arg-type]
     return name_or_role
 
 
