@@ -41,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", default=env("VSEARCH_TLS_CERT"))
     p.add_argument("--tls-key", default=env("VSEARCH_TLS_KEY"))
     p.add_argument("--max-message-mb", type=float, default=32.0)
+    p.add_argument("--admin-port", type=int, default=int(env("VSEARCH_ADMIN_PORT") or 0),
+                   help="admin gRPC port (model switch/rollback, admin.proto); 0 = off [env]")
+    p.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (keep it private)")
+    p.add_argument("--admin-token", default=env("VSEARCH_ADMIN_TOKEN"),
+                   help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
+    p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
+                   help="persist the active/previous generation here; a restart resumes them [env]")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -56,6 +63,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         index_concurrency=args.index_concurrency, auth_token=args.auth_token or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
+        generation_file=args.generation_file or None,
     )
 
 

@@ -85,6 +85,11 @@ class GatewayConfig:
     max_message_bytes: int = 32 * 1024 * 1024
     index_concurrency: int = 4
     index_item_timeout_s: float = 120.0
+    # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    admin_token: str | None = None
+    generation_file: str | None = None  # persisted current/previous generation (survives restarts)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod

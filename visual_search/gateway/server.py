@@ -4,22 +4,26 @@ TLS and token auth, message size limits, Prometheus metrics; SIGTERM/SIGINT drai
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from visual_search.gateway.admin import AdminService
 from visual_search.gateway.auth import TokenAuthInterceptor
-from visual_search.gateway.config import GatewayConfig
-from visual_search.gateway.embedder import Embedder, TritonEmbedder
+from visual_search.gateway.config import GatewayConfig, ShardMap
+from visual_search.gateway.embedder import Embedder
 from visual_search.gateway.fanout import ShardFanout
+from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.service import VisualSearchService
-from visual_search.v1 import search_pb2, search_pb2_grpc
+from visual_search.v1 import admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["VisualSearch"].full_name
@@ -43,26 +47,65 @@ async def discover_model_version(cfg: GatewayConfig, embedder: Embedder | None, 
 @dataclass
 class Gateway:
     server: grpc.aio.Server
-    service: VisualSearchService
+    router: GenerationRouter
     health: health.aio.HealthServicer
     port: int
+    admin_server: grpc.aio.Server | None = None
+    admin_port: int = 0
+
+    @property
+    def service(self) -> VisualSearchService:
+        """The current generation's service (it changes on a model switch)."""
+        return self.router.current.service
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.admin_server is not None:
+            await self.admin_server.stop(0)
         await self.server.stop(grace)
-        await self.service.fanout.close()
-        if self.service.embedder is not None:
-            await self.service.embedder.close()
+        await self.router.close()
+
+
+async def _first_generation(cfg: GatewayConfig, metrics: GatewayMetrics) -> GenerationRouter:
+    """Generation 0 from the flags, or the generations a previous run switched to (state file)."""
+    state_file = Path(cfg.generation_file) if cfg.generation_file else None
+    state = load_state(state_file)
+    if state is None:
+        first = await build_generation(cfg, metrics, 0, cfg.shard_map, cfg.triton_url, strict=False)
+        return GenerationRouter(first, state_file)
+
+    async def from_state(d: dict[str, Any]) -> Generation:
+        c = dataclasses.replace(cfg, model_version=d.get("model_version") or None)
+        return await build_generation(
+            c, metrics, int(d.get("number", 0)), ShardMap.parse(d["shards"]), d.get("triton_url") or None,
+            strict=False,
+        )
+
+    router = GenerationRouter(await from_state(state["current"]), state_file)
+    if state.get("previous"):
+        try:
+            router.previous = await from_state(state["previous"])
+        except Exception:  # rollback target gone: serve anyway, without rollback
+            log.exception("previous generation from %s not restored", state_file)
+    log.info("resumed generation %d from %s", router.current.number, state_file)
+    return router
+
+
+async def _start_admin(
+    cfg: GatewayConfig, router: GenerationRouter, metrics: GatewayMetrics
+) -> tuple[Any, int]:
+    interceptors = [TokenAuthInterceptor(cfg.admin_token)] if cfg.admin_token else []
+    server = grpc.aio.server(interceptors=interceptors)
+    admin_pb2_grpc.add_GatewayAdminServicer_to_server(AdminService(router, cfg, metrics), server)
+    port = server.add_insecure_port(f"{cfg.admin_host}:{cfg.admin_port}")
+    await server.start()
+    return server, port
 
 
 async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = None) -> Gateway:
     metrics = metrics or GatewayMetrics()
-    fanout = ShardFanout(cfg, metrics)
-    embedder: Embedder | None = None
-    if cfg.triton_url:
-        embedder = TritonEmbedder(cfg.triton_url, on_vector=metrics.embedding_norm.observe)
-    version = await discover_model_version(cfg, embedder, fanout)
-    service = VisualSearchService(cfg, fanout, embedder, metrics, version)
+    router = await _first_generation(cfg, metrics)
+    version = router.current.model_version
     interceptors = [TokenAuthInterceptor(cfg.auth_token)] if cfg.auth_token else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -71,7 +114,7 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
             ("grpc.max_send_message_length", cfg.max_message_bytes),
         ],
     )
-    search_pb2_grpc.add_VisualSearchServicer_to_server(service, server)
+    search_pb2_grpc.add_VisualSearchServicer_to_server(router, server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -83,17 +126,21 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
     else:
         port = server.add_insecure_port(addr)
     await server.start()
+    admin_server, admin_port = await _start_admin(cfg, router, metrics) if cfg.admin_port else (None, 0)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port, cfg.host)
     for name in ("", SERVICE_NAME):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gateway serving model %s on %s:%d (%d shards)", version, cfg.host, port, fanout.num_shards)
-    return Gateway(server, service, hs, port)
+    n = cfg.shard_map.num_shards
+    log.info("gateway serving model %s on %s:%d (%d shards)", version, cfg.host, port, n)
+    return Gateway(server, router, hs, port, admin_server, admin_port)
 
 
 async def run_until_signalled(cfg: GatewayConfig) -> None:
     gw = await start_gateway(cfg)
-    print(f"gateway listening on {cfg.host}:{gw.port} model_version={gw.service.model_version}", flush=True)
+    admin = f" admin={cfg.admin_host}:{gw.admin_port}" if gw.admin_server else ""
+    version = gw.service.model_version
+    print(f"gateway listening on {cfg.host}:{gw.port}{admin} model_version={version}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
