@@ -32,7 +32,7 @@ class StackOptions:
     shards: int = 2
     replicas: int = 1
     gateway_port: int = 0  # 0 = a free port
-    precision: str = "auto"  # auto = int8 when exported, else fp32
+    precision: str = "auto"  # auto = per model, INT8 where it passed its gates (see triton_options)
     gateway_args: list[str] = field(default_factory=list)
     shard_args: list[str] = field(default_factory=list)  # extra `vsearch shard` flags
 
@@ -47,15 +47,18 @@ class Stack:
         self.gateway: Any = None
         self.model_version = ""
 
-    def _precision(self) -> str:
+    def triton_options(self) -> Any:
+        """Repository options: `auto` serves each model at the precision that passed its INT8 gates
+        (manifest `default_precision`, e.g. FP32 detector + INT8 encoder); fp32/int8 force both."""
+        from ensemble.generate import Options
+        from visual_search import models
+
         if self.opts.precision != "auto":
-            return self.opts.precision
-        art = REPO_ROOT / "artifacts" / "models"
-        int8 = all((art / f"{m}_int8.onnx").exists() for m in ("detector", "encoder"))
-        return "int8" if int8 else "fp32"
+            return Options(precision=self.opts.precision)
+        det, enc = models.default_precision("detector"), models.default_precision("encoder")
+        return Options(precision=enc, detector_path=models.artifact_path("detector", det))
 
     def start(self) -> Stack:
-        from ensemble.generate import Options
         from visual_search.gateway.process import GatewayProcess
         from visual_search.testing import ShardProcess, free_port, wait_healthy
         from visual_search.triton.client import TritonClient
@@ -64,7 +67,7 @@ class Stack:
         run = self.opts.run_dir
         run.mkdir(parents=True, exist_ok=True)
         try:
-            self.triton = TritonServer(options=Options(precision=self._precision()), run_dir=run / "triton")
+            self.triton = TritonServer(options=self.triton_options(), run_dir=run / "triton")
             self.triton.start()
             with TritonClient(self.triton.grpc_url) as tc:
                 self.model_version = tc.encoder_version()
