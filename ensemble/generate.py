@@ -92,14 +92,14 @@ class Options:
 
 
 def encoder_version(opts: Options) -> str:
-    """The encoder's model version from artifacts/models/manifest.json (what the gateway checks).
+    """The encoder's model version from the manifest.json beside it (what the gateway checks).
 
     Falls back to a content hash of the ONNX file, then to "unknown", so a dev repository
     built from ad-hoc weights still reports something that changes when the weights change.
     """
-    manifest = REPO_ROOT / C.ARTIFACTS_DIR / "manifest.json"
     path = opts.weights(N.ENCODER)
-    if manifest.exists() and path.resolve().parent == manifest.parent.resolve():
+    manifest = path.parent / "manifest.json"  # artifacts/models, or a derived encoder's own dir
+    if manifest.exists():
         m = json.loads(manifest.read_text())
         for art in m.get("artifacts", {}).values():
             if art.get("file") == path.name and art.get("model_version"):

@@ -1,0 +1,1 @@
+"""Model-version cutover (R15): re-embed the catalog into new shards, validate, switch, roll back."""
