@@ -165,6 +165,14 @@ def _cpu_seconds(root_pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def _system_busy_seconds() -> float:
+    """CPU seconds all processes on the host spent busy (from /proc/stat): the cores are shared,
+    so the summary shows how much of the machine other jobs took during each run."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return (sum(f[:8]) - idle) / _CLK
+
+
 @dataclass
 class Probe:
     """Where to read counters from during a run."""
@@ -188,6 +196,7 @@ class Probe:
             "gateway": _scrape(self.gateway_metrics),
             "shards": shards,
             "cpu": _cpu_seconds(self.pids),
+            "host_busy": _system_busy_seconds(),
         }
 
     @staticmethod
@@ -197,8 +206,11 @@ class Probe:
         if locust_pid_cpu:
             cpu["locust"] = round(locust_pid_cpu / wall, 3)
         gw, sh = (b["gateway"], a["gateway"]), (b["shards"], a["shards"])
+        host = (a["host_busy"] - b["host_busy"]) / wall
         return {
             "wall_s": round(wall, 1),
+            "host_cores_busy": round(host, 2),  # everything on the host, other engineers' jobs included
+            "other_cores_busy": round(max(0.0, host - sum(cpu.values())), 2),
             "cpu_cores_used": cpu,  # mean cores busy per component over the run (2 cores here)
             "triton_models": _triton_delta(b["triton"], a["triton"]),
             "gateway_stages": _hist_delta(*gw, "vsearch_gateway_stage_seconds", "stage"),
@@ -207,6 +219,8 @@ class Probe:
             "gateway_hedges": _counter_delta(*gw, "vsearch_gateway_hedges_total"),
             "gateway_partial_results": _counter_delta(*gw, "vsearch_gateway_partial_results_total"),
             "shard_search": _hist_delta(*sh, "vsearch_shard_search_seconds", "shard"),
+            # whole RPC incl. protobuf in/out: the gap to shard_search is gRPC/serialisation cost
+            "shard_rpc": _hist_delta(*sh, "vsearch_shard_rpc_seconds", "method"),
             "shard_stages": _hist_delta(*sh, "vsearch_shard_search_stage_seconds", "stage"),
             "shard_ingest_lag": _hist_delta(*sh, "vsearch_shard_ingest_lag_seconds", "shard"),
         }
@@ -238,9 +252,10 @@ def name_bottleneck(bd: dict[str, Any]) -> str:
     cpu = bd["cpu_cores_used"]
     if cpu:
         used, cores = sum(cpu.values()), os.cpu_count() or 1
-        state = "CPU-saturated" if used >= 0.9 * cores else "not CPU-saturated"
+        host = bd.get("host_cores_busy", used)
+        state = "host CPU-saturated" if host >= 0.9 * cores else "host not CPU-saturated"
         parts.append(
-            f"{used:.2f}/{cores} cores busy ({state}): "
+            f"stack+locust {used:.2f}/{cores} cores, host {host:.2f} ({state}): "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
         )
     return "; ".join(parts) or "nothing observed"
@@ -343,6 +358,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Stack(opts) as stack:
         summary["stack_start_s"] = round(time.monotonic() - t0, 1)
         summary["model_version"] = stack.model_version
+        topts = stack.triton_options()
+        summary["precision"] = {
+            "requested": args.precision,
+            "encoder": topts.precision,
+            "detector": Path(topts.detector_path).name if topts.detector_path else topts.precision,
+        }
         summary["catalog"] = index_catalog(stack.gateway.address, args.per_label)
         pids = {"triton": stack.triton.proc.pid, "gateway": stack.gateway.proc.pid}
         for i, sp in enumerate(stack.shards):
