@@ -138,20 +138,42 @@ def crop(img: np.ndarray, box: np.ndarray, margin: float = C.CROP_MARGIN) -> np.
     return img[iy1:iy2, ix1:ix2]
 
 
-def encoder_input(img: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 (whole image or crop) -> CHW float32 normalised encoder input.
+def _normalise(rgb: np.ndarray) -> np.ndarray:
+    x = rgb.astype(np.float32) / 255.0
+    x = (x - np.array(C.IMAGENET_MEAN, np.float32)) / np.array(C.IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
-    Shorter side resized to ENCODER_RESIZE, then a centre crop of ENCODER_INPUT_SIZE.
+
+def encoder_input(img: np.ndarray) -> np.ndarray:
+    """Whole image HxWx3 uint8 -> CHW float32 normalised encoder input.
+
+    Shorter side resized to ENCODER_RESIZE, then a centre crop of ENCODER_INPUT_SIZE (the ImageNet
+    evaluation transform; best for whole photos on the dev sets).
     """
     h, w = img.shape[:2]
     s = C.ENCODER_RESIZE / min(h, w)
     nw, nh = max(C.ENCODER_INPUT_SIZE, round(w * s)), max(C.ENCODER_INPUT_SIZE, round(h * s))
     r = _resize(img, nw, nh)
     top, left = (nh - C.ENCODER_INPUT_SIZE) // 2, (nw - C.ENCODER_INPUT_SIZE) // 2
-    r = r[top : top + C.ENCODER_INPUT_SIZE, left : left + C.ENCODER_INPUT_SIZE]
-    x = r.astype(np.float32) / 255.0
-    x = (x - np.array(C.IMAGENET_MEAN, np.float32)) / np.array(C.IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return _normalise(r[top : top + C.ENCODER_INPUT_SIZE, left : left + C.ENCODER_INPUT_SIZE])
+
+
+def object_input(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """One object (box, widened by CROP_MARGIN) -> CHW float32 encoder input.
+
+    The crop is resized to the square input without cutting: a centre crop would cut the ends of
+    tall or wide objects (bottles, people), and measured on the dev sets squashing retrieves
+    better (grocery object-query mAP 0.188 -> 0.239, dogs 0.678 -> 0.699, FP32 encoder).
+    """
+    c = crop(img, box)
+    return _normalise(_resize(c, C.ENCODER_INPUT_SIZE, C.ENCODER_INPUT_SIZE))
+
+
+def encoder_batch(img: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+    """Encoder inputs [N + 1, 3, 224, 224]: one per box (objects, in order), then the whole image."""
+    parts = [object_input(img, b) for b in (boxes if boxes is not None else [])]
+    parts.append(encoder_input(img))
+    return np.stack(parts)
 
 
 def salience(boxes_xyxy: np.ndarray, scores: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -51,11 +51,10 @@ class ReferencePipeline:
     def embed(self, img: np.ndarray, box: np.ndarray | None = None) -> np.ndarray:
         """Whole image (box None) or one caller-given box -> float16 [EMBEDDING_DIM]."""
         if box is not None:
-            img = P.crop(img, P.validate_box(box, img.shape[1], img.shape[0]))
+            return self.encode(P.object_input(img, P.validate_box(box, img.shape[1], img.shape[0]))[None])[0]
         return self.encode(P.encoder_input(img)[None])[0]
 
     def detect_and_embed(self, img: np.ndarray) -> ObjectEmbeddings:
         dets = self.detect(img)
-        batch = [P.encoder_input(P.crop(img, b)) for b in dets.boxes] + [P.encoder_input(img)]
-        vecs = self.encode(np.stack(batch))
+        vecs = self.encode(P.encoder_batch(img, dets.boxes))
         return ObjectEmbeddings(dets, vecs[:-1], vecs[-1])

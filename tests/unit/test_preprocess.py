@@ -150,3 +150,19 @@ def test_salience_prefers_confident_large_boxes() -> None:
     s = P.salience(boxes, np.array([0.9, 0.5, 0.2]), 100, 100)
     assert int(np.argmax(s)) == 1
     np.testing.assert_allclose(s, [0.009, 0.125, 0.05], rtol=1e-5)
+
+
+def test_object_input_keeps_the_whole_object_and_batch_order() -> None:
+    img = np.zeros((200, 100, 3), np.uint8)
+    img[10:190, 40:60] = 255  # a tall white bar: a centre crop would cut its ends
+    x = P.object_input(img, np.array([40, 10, 60, 190]))
+    assert x.shape == (3, C.ENCODER_INPUT_SIZE, C.ENCODER_INPUT_SIZE)
+    white = (1.0 - C.IMAGENET_MEAN[0]) / C.IMAGENET_STD[0]
+    col = x[0, :, C.ENCODER_INPUT_SIZE // 2]
+    # the bar covers 180 of the crop's 200 rows; a centre crop of this tall box would keep far less
+    assert np.isclose(col, white, rtol=1e-3).mean() > 0.85
+    batch = P.encoder_batch(img, np.array([[40, 10, 60, 190], [0, 0, 50, 50]], np.float32))
+    assert batch.shape == (3, 3, C.ENCODER_INPUT_SIZE, C.ENCODER_INPUT_SIZE)
+    np.testing.assert_array_equal(batch[0], x)
+    np.testing.assert_array_equal(batch[-1], P.encoder_input(img))
+    assert P.encoder_batch(img).shape[0] == 1  # zero detections: the whole image only

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from visual_search.preprocess import crop, decode_image, encoder_input, validate_box
+from visual_search.preprocess import decode_image, encoder_batch, object_input, validate_box
 from visual_search.triton import names as N
 from visual_search.triton.pbmodel import image_bytes, input_array, respond_each
 
@@ -24,10 +24,8 @@ from visual_search.triton.pbmodel import image_bytes, input_array, respond_each
 def _pixels(img: np.ndarray, boxes: np.ndarray | None, box: np.ndarray | None) -> np.ndarray:
     h, w = img.shape[:2]
     if box is not None:
-        return encoder_input(crop(img, validate_box(box, w, h)))[None]
-    parts = [encoder_input(crop(img, b)) for b in (boxes if boxes is not None else [])]
-    parts.append(encoder_input(img))
-    return np.stack(parts)
+        return object_input(img, validate_box(box, w, h))[None]
+    return encoder_batch(img, boxes)
 
 
 class TritonPythonModel:
