@@ -1,9 +1,7 @@
-"""Reference detector post-processing (decode + class-aware NMS) in numpy.
+"""Detector output comparison for export parity checks and INT8 gates.
 
-NMS is deliberately *not* in the ONNX graph: thresholds stay per-request parameters, zero
-detections need no special empty-tensor handling in the graph, and the very same ONNX builds a
-TensorRT engine without NMS plugins. Serving implements the same steps in the Triton python
-post-processing model; this copy is what export parity checks and gates use.
+NMS is deliberately *not* in the ONNX graph (see visual_search/detection.py for why); the checks
+decode with the very same code serving uses, so a gate measures the model, not a second NMS.
 """
 
 from __future__ import annotations
@@ -11,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from visual_search import contract as C
+from visual_search import detection
+from visual_search.preprocess import Letterbox
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -23,36 +23,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def postprocess(
-    out: np.ndarray,
-    conf: float = C.DETECTOR_CONF_THRESHOLD,
-    iou_thr: float = C.DETECTOR_IOU_THRESHOLD,
-    max_det: int = C.DETECTOR_MAX_DETECTIONS,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's raw output [4+nc, anchors] -> (boxes xyxy [K,4], scores [K], classes [K])."""
-    p = np.asarray(out, np.float32)
-    scores_all = p[4:]
-    cls = scores_all.argmax(0)
-    score = scores_all[cls, np.arange(p.shape[1])]
-    keep = score > conf
-    cx, cy, w, h = p[:4, keep]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    score, cls = score[keep], cls[keep]
-    order = np.argsort(-score, kind="stable")
-    boxes, score, cls = boxes[order], score[order], cls[order]
-    # Class-aware NMS via a per-class offset, as ultralytics does.
-    shifted = boxes + cls[:, None].astype(np.float32) * 7680.0
-    selected: list[int] = []
-    suppressed = np.zeros(len(boxes), bool)
-    for i in range(len(boxes)):
-        if suppressed[i]:
-            continue
-        selected.append(i)
-        if len(selected) >= max_det:
-            break
-        suppressed |= iou(shifted[i : i + 1], shifted)[0] > iou_thr
-    s = np.array(selected, int)
-    return boxes[s].reshape(-1, 4), score[s], cls[s]
+def postprocess(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw output [4+nc, anchors] -> (boxes xyxy [K,4] in detector-input pixels,
+    scores [K], classes [K]), through serving's own decode + NMS (visual_search.detection)."""
+    size = C.DETECTOR_INPUT_SIZE
+    d = detection.decode(out, Letterbox(1.0, 0.0, 0.0, size, size))
+    return d.boxes, d.scores, d.classes
 
 
 def match_rate(ref: np.ndarray, ref_cls: np.ndarray, got: np.ndarray, got_cls: np.ndarray,
