@@ -24,8 +24,8 @@ DEFAULT_MANIFESTS = [
     REPO.parent / "shared" / "data" / "grocery_packages_dev" / "manifest.csv",
 ]
 SHOWN = ("map", "hit@1", "ndcg@10", "recall@10", "max_recall@10", "mrr")
-SWEEP_NPROBE = (1, 4, 16)
-SWEEP_RESCORE = (10, 50, 200, 1000)
+SWEEP_NPROBE = (1, 8)
+SWEEP_RESCORE = (10, 100, 1000)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +62,9 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     from visual_search.reference import ReferencePipeline
 
     catalog, queries = split(load_manifest(manifest))
+    # the detector at its gate-decided precision (as served); the encoder at the one under test
     prec: models.Precision = "int8" if precision == "int8" else "fp32"
-    pipe = ReferencePipeline(models.artifact_path("detector", prec), models.artifact_path("encoder", prec))
+    pipe = ReferencePipeline(models.artifact_path("detector"), models.artifact_path("encoder", prec))
     cat_e, q_e = I.embed_images(pipe, catalog), I.embed_images(pipe, queries)
     rows = []
     for cat_obj, q_obj in ((False, False), (True, False), (True, True), (False, True)):
@@ -170,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
     for precision in precisions:
+        # the nprobe x rescore_k sweep runs once, on the precision that is served by default
+        sweep = not args.no_sweep and precision == models.default_precision("encoder")
         if not args.no_inprocess:
             for m in manifests:
                 for r in inprocess_runs(m, precision, args.k):
@@ -180,23 +183,25 @@ def run(args: argparse.Namespace) -> int:
             for m in manifests:
                 rows += [
                     {"dataset": m.parent.name, **r}
-                    for r in served_runs(args.gateway, m, precision, args.k, not args.no_sweep)
+                    for r in served_runs(args.gateway, m, precision, args.k, sweep)
                 ]
             continue
         from visual_search.launcher import Stack, StackOptions
 
         for m in manifests:  # a fresh 1-shard stack per set, so IVF-PQ trains on that set only
             with tempfile.TemporaryDirectory(prefix="vsearch-eval-") as tmp:
+                # "auto" serves the manifest's per-model precisions (FP32 detector + INT8 encoder)
+                stack_precision = "auto" if precision == models.default_precision("encoder") else "fp32"
                 opts = StackOptions(
                     Path(tmp),
                     shards=1,
-                    precision=precision,
+                    precision=stack_precision,
                     shard_args=["--train-threshold", str(args.train_threshold)],
                 )
                 with Stack(opts) as stack:
                     rows += [
                         {"dataset": m.parent.name, "model_version": stack.model_version, **r}
-                        for r in served_runs(stack.gateway.address, m, precision, args.k, not args.no_sweep)
+                        for r in served_runs(stack.gateway.address, m, precision, args.k, sweep)
                     ]
     out = {
         "command": "vsearch eval",

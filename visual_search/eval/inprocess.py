@@ -43,7 +43,7 @@ def embed_images(pipe: ReferencePipeline, images: Sequence[LabeledImage]) -> lis
         out.append(
             ImageEmbeddings(
                 oe.whole_vector.astype(np.float32),
-                oe.object_vectors.astype(np.float32).reshape(len(d), -1),
+                oe.object_vectors.astype(np.float32).reshape(len(d), oe.whole_vector.shape[0]),
                 int(np.argmax(sal)) if len(d) else -1,
             )
         )
