@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", action="append", choices=("fp32", "int8"), help="default: both (if exported)"
     )
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=int, default=1000, help="ranked list length (1000: whole dev catalogs)")
     p.add_argument("--gateway", help="evaluate a running gateway instead of starting a local stack")
     p.add_argument("--no-served", action="store_true", help="in-process reference only")
     p.add_argument("--no-inprocess", action="store_true", help="served path only")
