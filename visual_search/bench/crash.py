@@ -182,6 +182,7 @@ def run_crash_test(
     stats = {"upserts_acked": 0, "deletes_acked": 0}
     totals = {"lost_acked": 0, "wrong_vector": 0, "resurrected": 0, "not_searchable": 0}
     restart_s: list[float] = []
+    external_start_failures: list[str] = []
     shard = ShardProcess(
         data_dir,
         model_version=model,
@@ -204,7 +205,15 @@ def run_crash_test(
     t_start = time.time()
     for round_no in range(kills + 1):
         t = time.time()
-        shard.start()
+        for attempt in range(3):  # a start killed from outside (shared host) is one more crash
+            try:
+                shard.start()
+                break
+            except RuntimeError as exc:
+                external_start_failures.append(f"round {round_no}: {exc}")
+                log(f"round {round_no}: start attempt {attempt} failed: {exc}")
+        else:
+            raise RuntimeError(f"shard would not start: {external_start_failures[-3:]}")
         restart_s.append(time.time() - t)
         problems = _verify(shard.stub(), ledger, model, rng, search_sample)
         for k, v in problems.items():
