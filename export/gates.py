@@ -26,16 +26,14 @@ from export.data import detector_inputs, encoder_batches, load_set
 from export.env import ARTIFACTS, BENCHMARKS, DATASETS, REPO
 from export.retrieval import mean_ap
 from visual_search import contract as C
+from visual_search.reference import make_session
 
 COS_GATE, MAP_GATE, IOU_GATE, MATCH_GATE = 0.98, 0.01, 0.9, 0.95
 BASELINE = {"oxford_pets_dogs": 0.686, "grocery_packages_dev": 0.297}  # environment.md, 1280-d avg
 
 
 def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return make_session(path, 2, flush_denormals=True)
 
 
 def embed(sess: ort.InferenceSession, paths: list[Path]) -> np.ndarray:

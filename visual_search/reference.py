@@ -16,11 +16,23 @@ from visual_search import detection
 from visual_search import preprocess as P
 
 
-def make_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    """CPU onnxruntime session; denormals flushed so INT8/FP32 timings are fair."""
+def make_session(
+    path: str | Path, threads: int = 0, *, flush_denormals: bool = False, allow_spinning: bool = True
+) -> ort.InferenceSession:
+    """CPU onnxruntime session (0 threads = onnxruntime's default).
+
+    flush_denormals makes INT8/FP32 timings fair, but it switches the calling thread's FPU to
+    denormals-are-zero for the whole process, so only dedicated processes (Triton's python models,
+    benchmarks) turn it on; allow_spinning=False stops idle worker threads burning a shared core.
+    """
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if threads:
+        so.inter_op_num_threads = 1
+    if flush_denormals:
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if not allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 

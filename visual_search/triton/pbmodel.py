@@ -24,14 +24,9 @@ def parse_args(args: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], st
 
 def ort_session(path: str, threads: int) -> Any:
     """An onnxruntime CPU session tuned for a small shared host (fixed threads, no spinning)."""
-    import onnxruntime as ort
+    from visual_search.reference import make_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, threads)
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return make_session(path, max(1, threads), flush_denormals=True, allow_spinning=False)
 
 
 def respond_each(
