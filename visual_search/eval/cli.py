@@ -83,7 +83,32 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     return rows
 
 
-def served_runs(address: str, manifest: Path, precision: str, k: int, sweep: bool) -> list[dict[str, Any]]:
+def train_shards(shard_addresses: list[str]) -> list[str]:
+    """Rebuild every shard now (trains IVF-PQ once past its threshold) and return the index types,
+    so the served numbers say which index answered rather than assuming it."""
+    import grpc
+
+    from visual_search.v1 import shard_pb2, shard_pb2_grpc
+
+    types = []
+    for addr in shard_addresses:
+        with grpc.insecure_channel(addr) as ch:
+            stub = shard_pb2_grpc.SearchShardStub(ch)
+            msg = stub.Rebuild(shard_pb2.RebuildRequest(wait=True), timeout=600).message
+            if "failed" in msg:
+                raise RuntimeError(f"shard {addr}: {msg}")
+            types.append(stub.Stats(shard_pb2.StatsRequest(), timeout=30).index_type)
+    return types
+
+
+def served_runs(
+    address: str,
+    manifest: Path,
+    precision: str,
+    k: int,
+    sweep: bool,
+    shard_addresses: list[str] | None = None,
+) -> list[dict[str, Any]]:
     from visual_search.client import Client
     from visual_search.eval import served as S
     from visual_search.eval.dataset import load_manifest, split
@@ -95,6 +120,7 @@ def served_runs(address: str, manifest: Path, precision: str, k: int, sweep: boo
         t = time.monotonic()
         labels = S.index_catalog(c, catalog, manifest.parent.name)
         index_s = time.monotonic() - t
+        index_types = train_shards(shard_addresses) if shard_addresses else ["unknown (remote gateway)"]
         cat_labels = [x.label for x in catalog]
         configs: list[tuple[str, bool, search_pb2.SearchOptions]] = [
             ("served-exact query=default-box", False, search_pb2.SearchOptions(exact=True)),
@@ -127,6 +153,7 @@ def served_runs(address: str, manifest: Path, precision: str, k: int, sweep: boo
                         "k": kk,
                         "index_seconds": index_s,
                         "catalog_items": len(catalog),
+                        "shard_index_types": index_types,
                     },
                 )
             )
@@ -201,7 +228,14 @@ def run(args: argparse.Namespace) -> int:
                 with Stack(opts) as stack:
                     rows += [
                         {"dataset": m.parent.name, "model_version": stack.model_version, **r}
-                        for r in served_runs(stack.gateway.address, m, precision, args.k, sweep)
+                        for r in served_runs(
+                            stack.gateway.address,
+                            m,
+                            precision,
+                            args.k,
+                            sweep,
+                            [sp.address for sp in stack.shards],
+                        )
                     ]
     out = {
         "command": "vsearch eval",
