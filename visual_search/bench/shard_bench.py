@@ -36,6 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flat-queries", type=int, default=20, help="batch-1 queries timed on exact flat")
     p.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads")
     p.add_argument("--no-grpc", action="store_true", help="skip the gRPC service part")
+    p.add_argument(
+        "--only",
+        choices=("all", "grpc"),
+        default="all",
+        help="grpc: only the gRPC part (no flat baseline, no sweeps; first variant's index)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default="",
+        help="with --only grpc: keep the trained index and the imported shard data dir here and reuse "
+        "them on the next run (same --n/--seed/--clusters/--spread/--train-points)",
+    )
+    p.add_argument("--label", default="", help="with --only grpc: store this run under runs[label] in --out")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/shard_<n>.json)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -130,8 +143,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
         if args.queries
         else xq
     )
-    vec16 = xb.astype(np.float16)
     print(f"data {args.n}x{dim} in {time.time() - t0:.1f}s", flush=True)
+    if args.only == "grpc":
+        return _run_grpc_only(args, result, xb, xq, t0)
+    vec16 = xb.astype(np.float16)
 
     # ---- exact baseline -----------------------------------------------------------------------
     flat = faiss.IndexFlatIP(dim)
@@ -262,48 +277,81 @@ def _targets(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _grpc_part(args: argparse.Namespace, xb: Any, xq: Any, ann: Any, rng: Any) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_grpc_only(args: argparse.Namespace, result: dict[str, Any], xb: Any, xq: Any, t0: float) -> int:
+    """The gRPC part alone, reusing a cached index and shard data dir when --cache-dir has them."""
+    import faiss
     import numpy as np
 
-    from visual_search import contract, ids
-    from visual_search.shard.engine import EngineConfig, ShardEngine
-    from visual_search.shard.index import IndexConfig
+    from visual_search import contract
+    from visual_search.shard.index import AnnIndex, IndexConfig
+
+    variant = args.variants[0]
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    key = f"{args.n}-{args.seed}-{args.clusters}-{args.spread}-{args.train_points}-{variant}"
+    data_dir = cache / f"data-{key}" if cache else None
+    ann = None
+    if data_dir is None or not (data_dir / "snapshots").is_dir():
+        cfg = IndexConfig(
+            pq_bits=4 if variant.endswith("x4fs") else 8, max_train_points=args.train_points, use_gpu=False
+        )
+        t = time.time()
+        ann = AnnIndex.train_ivfpq(contract.EMBEDDING_DIM, xb, cfg, rng=np.random.default_rng(args.seed))
+        result["train_s"] = round(time.time() - t, 1)
+        print(f"trained {ann.description} in {result['train_s']}s", flush=True)
+    else:
+        print(f"reusing shard data dir {data_dir}", flush=True)
+    result["faiss_threads_bench"] = faiss.omp_get_max_threads()
+    result["grpc"] = _grpc_part(args, xb, xq, ann, np.random.default_rng(args.seed), data_dir)
+    result["targets"] = {"grpc": _targets({"variants": {}, "grpc": result["grpc"]})["grpc"]}
+    result["total_s"] = round(time.time() - t0, 1)
+    out = Path(args.out or f"benchmarks/shard_{args.n // 1000}k_grpc.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.label:
+        doc = json.loads(out.read_text()) if out.exists() else {}
+        doc.setdefault("benchmark", "shard-grpc")
+        doc.setdefault("runs", {})[args.label] = result
+        out.write_text(json.dumps(doc, indent=1))
+    else:
+        out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}", json.dumps(result["grpc"]), flush=True)
+    return 0
+
+
+def _grpc_part(
+    args: argparse.Namespace, xb: Any, xq: Any, ann: Any, rng: Any, data_dir: Path | None = None
+) -> dict[str, Any]:
+    import numpy as np
+
     from visual_search.testing import ShardProcess
     from visual_search.v1 import shard_pb2 as pb
 
     model = "bench-model"
     tmp = Path(tempfile.mkdtemp(prefix="vsearch-shard-bench-"))
+    data = data_dir or tmp / "data"
     try:
         t = time.time()
-        entry_ids = np.asarray([ids.entry_id(f"item-{i}", 0) for i in range(args.n)], dtype=np.int64)
-        cats = [
-            pb.ItemMetadata(category=f"c{i}", price=float(i), available=True, region="eu") for i in range(10)
-        ]
-        no_box: tuple[float, ...] = ()
-        records = [(f"item-{i}", cats[i % 10], [int(entry_ids[i])], [no_box]) for i in range(args.n)]
-        # Reuse the trained index: re-id it with the entry ids (same codes, other ids).
-        ann.index.reset()
-        for a in range(0, args.n, 100_000):
-            ann.add(entry_ids[a : a + 100_000], xb[a : a + 100_000])
-        eng = ShardEngine(
-            tmp / "data",
-            shard_id=0,
-            model_version=model,
-            dim=contract.EMBEDDING_DIM,
-            config=EngineConfig(index=IndexConfig(use_gpu=False)),
-        )
-        eng.bulk_import(records, xb.astype(np.float16), index=ann)
-        eng.close(final_snapshot=False)
-        snap_dir = next((tmp / "data" / "snapshots").glob("snap-*"))
+        if ann is not None:
+            _import(args, xb, ann, data, model)
+        snap_dir = max((data / "snapshots").glob("snap-*"))
         disk = sum(p.stat().st_size for p in snap_dir.iterdir())
         import_s = time.time() - t
         print(f"grpc: imported in {import_s:.1f}s, snapshot {disk / _MIB:.0f} MiB", flush=True)
+        load_before = os.getloadavg()
         with ShardProcess(
-            tmp / "data",
+            data,
             model_version=model,
-            startup_timeout=600,
+            startup_timeout=900,
+            log_path=tmp / "shard.log",
             extra_args=["--faiss-threads", "1", "--snapshot-interval", "100000", "--log-level", "WARNING"],
         ) as shard:
+            assert shard.proc is not None
+            pid = shard.proc.pid
             stub = shard.stub()
             reqs = [
                 pb.SearchRequest(
@@ -315,21 +363,28 @@ def _grpc_part(args: argparse.Namespace, xb: Any, xq: Any, ann: Any, rng: Any) -
                 stub.Search(r, timeout=10)  # warm-up
             lat, server_us = [], []
             n = max(args.latency_queries, 300)
+            cpu0, wall0 = _cpu_s(pid), time.perf_counter()
             for i in range(n):
                 t = time.perf_counter()
                 resp = stub.Search(reqs[i % len(reqs)], timeout=10)
                 lat.append(time.perf_counter() - t)
                 server_us.append(resp.ann_us + resp.rescore_us + resp.filter_us)
+            cpu_per_search_ms = (_cpu_s(pid) - cpu0) / n * 1000
+            wall_per_search_ms = (time.perf_counter() - wall0) / n * 1000
             stats = stub.Stats(pb.StatsRequest(), timeout=10)
             flt = pb.Filter(clauses=[pb.FilterClause(field="category", equals="c3")])
             lat_f = []
+            cpu0 = _cpu_s(pid)
             for i in range(100):
-                r = pb.SearchRequest(queries=reqs[i].queries, k=10, model_version=model, filter=flt)
+                r = pb.SearchRequest(
+                    queries=reqs[i % len(reqs)].queries, k=10, model_version=model, filter=flt
+                )
                 t = time.perf_counter()
                 resp = stub.Search(r, timeout=10)
                 lat_f.append(time.perf_counter() - t)
                 if len(resp.results[0].hits) != 10:
                     raise RuntimeError("filtered search returned fewer than k")
+            cpu_per_filtered_ms = (_cpu_s(pid) - cpu0) / 100 * 1000
         return {
             "index": stats.index_type,
             "entries": stats.entries,
@@ -337,10 +392,44 @@ def _grpc_part(args: argparse.Namespace, xb: Any, xq: Any, ann: Any, rng: Any) -
             "rescore_k": 1000,
             "batch1": _pcts(lat),
             "server_stage_us_p50": float(np.percentile(server_us, 50)),
+            "shard_cpu_ms_per_search": round(cpu_per_search_ms, 3),
+            "wall_ms_per_search": round(wall_per_search_ms, 3),
+            "searches_timed": n,
             "batch1_filter_10pct": _pcts(lat_f),
+            "shard_cpu_ms_per_filtered_search": round(cpu_per_filtered_ms, 3),
             "index_bytes_per_vector": round(stats.index_bytes / args.n, 2),
             "disk_bytes_per_vector": round(disk / args.n, 1),
             "import_s": round(import_s, 1),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _import(args: argparse.Namespace, xb: Any, ann: Any, data: Path, model: str) -> None:
+    """Bulk-import the catalog (entry ids from item ids) with `ann` re-ided to those entry ids."""
+    import numpy as np
+
+    from visual_search import contract, ids
+    from visual_search.shard.engine import EngineConfig, ShardEngine
+    from visual_search.shard.index import IndexConfig
+    from visual_search.v1 import shard_pb2 as pb
+
+    entry_ids = np.asarray([ids.entry_id(f"item-{i}", 0) for i in range(args.n)], dtype=np.int64)
+    cats = [pb.ItemMetadata(category=f"c{i}", price=float(i), available=True, region="eu") for i in range(10)]
+    no_box: tuple[float, ...] = ()
+    records = [(f"item-{i}", cats[i % 10], [int(entry_ids[i])], [no_box]) for i in range(args.n)]
+    # Reuse the trained index: re-id it with the entry ids (same codes, other ids).
+    ann.index.reset()
+    for a in range(0, args.n, 100_000):
+        ann.add(entry_ids[a : a + 100_000], xb[a : a + 100_000])
+    eng = ShardEngine(
+        data,
+        shard_id=0,
+        model_version=model,
+        dim=contract.EMBEDDING_DIM,
+        config=EngineConfig(index=IndexConfig(use_gpu=False)),
+    )
+    eng.bulk_import(records, xb.astype(np.float16), index=ann)
+    eng.close(final_snapshot=False)
