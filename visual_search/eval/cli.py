@@ -94,9 +94,14 @@ def train_shards(shard_addresses: list[str]) -> list[str]:
     for addr in shard_addresses:
         with grpc.insecure_channel(addr) as ch:
             stub = shard_pb2_grpc.SearchShardStub(ch)
-            msg = stub.Rebuild(shard_pb2.RebuildRequest(wait=True), timeout=600).message
-            if "failed" in msg:
-                raise RuntimeError(f"shard {addr}: {msg}")
+            deadline = time.monotonic() + 600
+            while True:  # a policy-triggered rebuild may be running: wait for it, then rebuild
+                resp = stub.Rebuild(shard_pb2.RebuildRequest(wait=True), timeout=600)
+                if resp.started or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if not resp.started or "failed" in resp.message:
+                raise RuntimeError(f"shard {addr}: {resp.message}")
             types.append(stub.Stats(shard_pb2.StatsRequest(), timeout=30).index_type)
     return types
 
