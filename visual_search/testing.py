@@ -24,6 +24,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from visual_search.v1 import shard_pb2_grpc
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
+    """SIGTERM (graceful: drain, final snapshot), then SIGKILL if it has not exited in `timeout`."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (small race window; fine for tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -136,16 +150,7 @@ class ShardProcess:
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM: graceful shutdown (drain + final snapshot); SIGKILL if it hangs."""
         self._close_channel()
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
