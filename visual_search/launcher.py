@@ -26,6 +26,20 @@ SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_MANIFEST = SHARED / "data" / "grocery_packages_dev" / "manifest.csv"
 
 
+def stack_missing() -> str | None:
+    """Why the local stack cannot start here (for tests' skip reasons), or None when it can."""
+    from visual_search import contract as C
+    from visual_search.triton.server import DEFAULT_TRITON_HOME
+
+    if not (DEFAULT_TRITON_HOME / "bin" / "tritonserver").exists():
+        return "tritonserver not installed (scripts/install_triton.sh)"
+    if not (REPO_ROOT / C.ARTIFACTS_DIR / "encoder_fp32.onnx").exists():
+        return "models not exported (scripts/export_models.sh)"
+    if not DEFAULT_MANIFEST.exists():
+        return f"{DEFAULT_MANIFEST} missing (../shared/data)"
+    return None
+
+
 @dataclass
 class StackOptions:
     run_dir: Path

@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 
 from visual_search import cli
-from visual_search import contract as C
-from visual_search.launcher import DEFAULT_MANIFEST
-from visual_search.triton.server import DEFAULT_TRITON_HOME
+from visual_search.launcher import DEFAULT_MANIFEST, stack_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ("Oatly-Oat-Milk", "Arla-Sour-Milk", "Alpro-Blueberry-Soyghurt")
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_TRITON_HOME / "bin" / "tritonserver").exists()
-    or not (ROOT / C.ARTIFACTS_DIR / "encoder_fp32.onnx").exists()
-    or not DEFAULT_MANIFEST.exists(),
-    reason="needs tritonserver, exported models and ../shared/data",
-)
+pytestmark = pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing()))
 
 
 def tiny_manifest(tmp: Path) -> Path:

@@ -14,25 +14,14 @@ from PIL import Image
 from visual_search import cli
 from visual_search import client as vc
 from visual_search import contract as C
-from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions
-from visual_search.triton.server import DEFAULT_TRITON_HOME
+from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions, stack_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 BUS = (ROOT / "tests" / "data" / "bus.jpg").read_bytes()
 LABELS = ("Oatly-Oat-Milk", "Arla-Sour-Milk", "Alpro-Blueberry-Soyghurt")
 
 
-def _needs() -> str | None:
-    if not (DEFAULT_TRITON_HOME / "bin" / "tritonserver").exists():
-        return "tritonserver not installed (scripts/install_triton.sh)"
-    if not (ROOT / C.ARTIFACTS_DIR / "encoder_fp32.onnx").exists():
-        return "models not exported"
-    if not DEFAULT_MANIFEST.exists():
-        return f"{DEFAULT_MANIFEST} missing"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_needs() is not None, reason=str(_needs()))
+pytestmark = pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing()))
 
 
 def catalog_rows(per_label: int = 3) -> list[tuple[str, Path, str]]:

@@ -8,26 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from visual_search import contract as C
-from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions
-from visual_search.triton.server import DEFAULT_TRITON_HOME
+from visual_search.launcher import Stack, StackOptions, stack_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def missing() -> str | None:
-    if not (DEFAULT_TRITON_HOME / "bin" / "tritonserver").exists():
-        return "tritonserver not installed (scripts/install_triton.sh)"
-    if not (ROOT / C.ARTIFACTS_DIR / "encoder_fp32.onnx").exists():
-        return "models not exported"
-    if not DEFAULT_MANIFEST.exists():
-        return f"{DEFAULT_MANIFEST} missing"
-    return None
-
-
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if (why := missing()) is not None:
+    if (why := stack_missing()) is not None:
         pytest.skip(why)
     from visual_search.bench.load import index_catalog
 

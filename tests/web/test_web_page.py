@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 
 from visual_search import client as vc
-from visual_search import contract as C
-from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions
+from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions, stack_missing
 from visual_search.testing import free_port
-from visual_search.triton.server import DEFAULT_TRITON_HOME
 from visual_search.web.server import WebApp, make_handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,10 +27,8 @@ LABELS = ("Oatly-Oat-Milk", "Arla-Sour-Milk")
 
 
 def _needs() -> str | None:
-    if not (DEFAULT_TRITON_HOME / "bin" / "tritonserver").exists():
-        return "tritonserver not installed (scripts/install_triton.sh)"
-    if not (ROOT / C.ARTIFACTS_DIR / "encoder_fp32.onnx").exists():
-        return "models not exported"
+    if (why := stack_missing()) is not None:
+        return why
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         return "chromium/chromedriver not installed (scripts/install_browser.sh)"
     return None
