@@ -110,6 +110,26 @@ class Stack:
             raise
         return self
 
+    def rebuild_shards(self, timeout: float = 900.0) -> list[str]:
+        """Rebuild every shard replica now (IVF-PQ trains once past its threshold; a rebuild the
+        shard's own policy started is waited out) and return their index types, e.g. 'IVF16,PQ32'."""
+        from visual_search.v1 import shard_pb2
+
+        types = []
+        for sp in self.shards:
+            stub = sp.stub()
+            deadline = time.monotonic() + timeout
+            while True:
+                resp = stub.Rebuild(shard_pb2.RebuildRequest(wait=True), timeout=timeout)
+                if resp.started or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if not resp.started or "failed" in resp.message:
+                raise RuntimeError(f"shard {sp.address}: {resp.message}")
+            st = stub.Stats(shard_pb2.StatsRequest(), timeout=30)
+            types.append(f"{st.index_type} ({st.entries} entries)")
+        return types
+
     def shard_spec(self) -> str:
         r = self.opts.replicas
         groups = [self.shards[s * r : (s + 1) * r] for s in range(self.opts.shards)]

@@ -237,3 +237,15 @@ def test_stamp_refuses_other_model_version(tmp_path: Path) -> None:
     open_engine(tmp_path / "d").close()
     with pytest.raises(StampMismatch, match="model_version"):
         ShardEngine(tmp_path / "d", shard_id=0, model_version="other", dim=DIM, config=cfg())
+
+
+def test_threshold_below_pq_codebook_size_stays_flat_instead_of_failing(tmp_path: Path) -> None:
+    # 8-bit PQ needs 256 training points per codebook; a lower threshold must not break rebuilds
+    eng = open_engine(tmp_path / "d", threshold=40, pq_bits=8)
+    items, vecs = catalog(100)
+    eng.upsert(upsert_req(items))
+    assert eng.rebuild_due() is None
+    started, message = eng.rebuild(wait=True)
+    assert started and "failed" not in message and not eng.index.trained
+    assert top_ids(eng, vecs[7])[0] == items[7].item_id  # still searchable, exactly
+    eng.close(final_snapshot=False)

@@ -113,7 +113,7 @@ async def _drive(address: str, make_req: Any, concurrency: int, seconds: float) 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search.client_cli import iter_source
     from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions
-    from visual_search.v1 import search_pb2, shard_pb2
+    from visual_search.v1 import search_pb2
 
     photos = [p.read_bytes() for _, p, _ in list(iter_source(DEFAULT_MANIFEST, "query"))[: args.photos]]
     photos.append((REPO_ROOT / "tests" / "data" / "bus.jpg").read_bytes())
@@ -128,8 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_s = _seed_shards(stack, args.items)
         print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
         time.sleep(args.settle)
-        stats = [sp.stub().Stats(shard_pb2.StatsRequest(), timeout=10) for sp in stack.shards]
-        index_types = [f"{s.index_type} ({s.entries} entries)" for s in stats]
+        index_types = stack.rebuild_shards()  # measure the trained IVF-PQ index, not the flat start
 
         def photo_req(i: int) -> search_pb2.QueryRequest:
             q = search_pb2.QueryRequest(k=args.k)

@@ -83,37 +83,16 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     return rows
 
 
-def train_shards(shard_addresses: list[str]) -> list[str]:
-    """Rebuild every shard now (trains IVF-PQ once past its threshold) and return the index types,
-    so the served numbers say which index answered rather than assuming it."""
-    import grpc
-
-    from visual_search.v1 import shard_pb2, shard_pb2_grpc
-
-    types = []
-    for addr in shard_addresses:
-        with grpc.insecure_channel(addr) as ch:
-            stub = shard_pb2_grpc.SearchShardStub(ch)
-            deadline = time.monotonic() + 600
-            while True:  # a policy-triggered rebuild may be running: wait for it, then rebuild
-                resp = stub.Rebuild(shard_pb2.RebuildRequest(wait=True), timeout=600)
-                if resp.started or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            if not resp.started or "failed" in resp.message:
-                raise RuntimeError(f"shard {addr}: {resp.message}")
-            types.append(stub.Stats(shard_pb2.StatsRequest(), timeout=30).index_type)
-    return types
-
-
 def served_runs(
     address: str,
     manifest: Path,
     precision: str,
     k: int,
     sweep: bool,
-    shard_addresses: list[str] | None = None,
+    stack: Any = None,
 ) -> list[dict[str, Any]]:
+    """Index the set through `address`, then run every query configuration. With a local `stack`
+    its shards are rebuilt first, so IVF-PQ (when past the threshold) is what answers."""
     from visual_search.client import Client
     from visual_search.eval import served as S
     from visual_search.eval.dataset import load_manifest, split
@@ -125,7 +104,7 @@ def served_runs(
         t = time.monotonic()
         labels = S.index_catalog(c, catalog, manifest.parent.name)
         index_s = time.monotonic() - t
-        index_types = train_shards(shard_addresses) if shard_addresses else ["unknown (remote gateway)"]
+        index_types = stack.rebuild_shards() if stack is not None else ["unknown (remote gateway)"]
         cat_labels = [x.label for x in catalog]
         configs: list[tuple[str, bool, search_pb2.SearchOptions]] = [
             ("served-exact query=default-box", False, search_pb2.SearchOptions(exact=True)),
@@ -239,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                             precision,
                             args.k,
                             sweep,
-                            [sp.address for sp in stack.shards],
+                            stack,
                         )
                     ]
     out = {

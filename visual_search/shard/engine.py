@@ -471,7 +471,7 @@ class ShardEngine:
             cfg = self.cfg.index
             new = (
                 AnnIndex.train_ivfpq(self.dim, vecs, cfg)
-                if len(ids) >= cfg.train_threshold
+                if len(ids) >= cfg.min_train_entries
                 else AnnIndex.flat(self.dim)
             )
             t_train = time.time() - t0
@@ -517,7 +517,7 @@ class ShardEngine:
     def rebuild_due(self) -> str | None:
         n, cfg = self.store.n_entries, self.cfg
         if not self.index.trained:
-            return "enough entries to train IVF-PQ" if n >= cfg.index.train_threshold else None
+            return "enough entries to train IVF-PQ" if n >= cfg.index.min_train_entries else None
         if self.index.ntotal and self.tombstones / self.index.ntotal > cfg.tombstone_ratio:
             return "tombstone ratio"
         if self.trained_at_entries and n > cfg.growth_factor * self.trained_at_entries:

@@ -26,6 +26,12 @@ class IndexConfig:
     max_train_points: int = 256 * 1024
     use_gpu: bool = True
 
+    @property
+    def min_train_entries(self) -> int:
+        """Entries needed before IVF-PQ trains: the configured threshold, but never fewer than the
+        2**pq_bits points each PQ codebook's k-means needs (FAISS refuses to train below that)."""
+        return max(self.train_threshold, 2**self.pq_bits)
+
 
 def choose_nlist(n: int) -> int:
     """~4*sqrt(n) lists as a power of two, with >= 39 training points per list."""
