@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 import time
@@ -47,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="",
         help="with --only grpc: keep the trained index and the imported shard data dir here and reuse "
         "them on the next run (same --n/--seed/--clusters/--spread/--train-points)",
+    )
+    p.add_argument(
+        "--shard-args",
+        default="",
+        help="extra `vsearch shard` flags for the gRPC part, e.g. '--blas-threads 0 --faiss-threads 0' "
+        "(after the defaults '--faiss-threads 1 ...', so they win)",
     )
     p.add_argument("--label", default="", help="with --only grpc: store this run under runs[label] in --out")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/shard_<n>.json)")
@@ -348,7 +355,8 @@ def _grpc_part(
             model_version=model,
             startup_timeout=900,
             log_path=tmp / "shard.log",
-            extra_args=["--faiss-threads", "1", "--snapshot-interval", "100000", "--log-level", "WARNING"],
+            extra_args=["--faiss-threads", "1", "--snapshot-interval", "100000", "--log-level", "WARNING"]
+            + shlex.split(args.shard_args),
         ) as shard:
             assert shard.proc is not None
             pid = shard.proc.pid

@@ -26,6 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--workers", type=int, default=8, help="gRPC handler threads")
     p.add_argument("--faiss-threads", type=int, default=0, help="OpenMP threads for FAISS (0 = default)")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="threads for numpy's BLAS (per-query re-scoring; idle OpenBLAS workers spin: keep 1; "
+        "0 = library default)",
+    )
     p.add_argument("--pq-m", type=int, default=32)
     p.add_argument("--pq-bits", type=int, default=8, choices=(4, 8), help="8 = PQ32 (R11), 4 = fast-scan")
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = from data size)")

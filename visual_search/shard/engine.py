@@ -377,7 +377,8 @@ class ShardEngine:
                 raise DeadlineExceeded(f"deadline exceeded after {qi} of {len(queries)} queries")
             t0 = time.perf_counter()
             ids = cand[qi]
-            slots = store.slots_for_entries(ids[ids >= 0])
+            # Sorted ids make the searchsorted lookup cache-friendly (~2x); order is not needed.
+            slots = store.slots_for_entries(np.sort(ids[ids >= 0]))
             slots = slots[slots >= 0]  # deleted / replaced entries (tombstones) drop out here
             if mask is not None:
                 slots = slots[mask[slots]]

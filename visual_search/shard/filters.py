@@ -103,9 +103,7 @@ def compile_filter(flt: shard_pb2.Filter) -> CompiledFilter | None:
         elif field.startswith("attr.") and len(field) > 5:
             name = field[5:]
             values = _string_values(clause, field)
-            compiled.append(
-                _string_clause(partial(_attr_column, name=name), lambda s: s.attr_vocab, values)
-            )
+            compiled.append(_string_clause(partial(_attr_column, name=name), lambda s: s.attr_vocab, values))
         elif field == "price":
             if op != "range":
                 raise ValidationError(f"filter on 'price' supports range only, not {op}")

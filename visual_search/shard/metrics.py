@@ -17,8 +17,29 @@ if TYPE_CHECKING:
 # The contract's latency bounds plus three sub-millisecond ones: shard stages often take < 1 ms,
 # and a superset of the gateway's bounds keeps quantiles comparable across processes.
 _BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
-    0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
 )
 _INGEST_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -33,8 +54,11 @@ class ShardMetrics:
             "vsearch_shard_requests", "Shard API calls by outcome", ["shard", "method", "code"], registry=r
         )
         self.search_seconds = Histogram(
-            "vsearch_shard_search_seconds", "Shard-side latency of one search", ["shard"],
-            buckets=_BUCKETS, registry=r,
+            "vsearch_shard_search_seconds",
+            "Shard-side latency of one search",
+            ["shard"],
+            buckets=_BUCKETS,
+            registry=r,
         )
         self.stage = Histogram(
             "vsearch_shard_search_stage_seconds",
@@ -44,8 +68,11 @@ class ShardMetrics:
             registry=r,
         )
         self.rpc = Histogram(
-            "vsearch_shard_rpc_seconds", "Latency of every shard RPC by method (beyond the contract)",
-            ["shard", "method"], buckets=_BUCKETS, registry=r,
+            "vsearch_shard_rpc_seconds",
+            "Latency of every shard RPC by method (beyond the contract)",
+            ["shard", "method"],
+            buckets=_BUCKETS,
+            registry=r,
         )
         ingest_lag = Histogram(
             "vsearch_shard_ingest_lag_seconds",
@@ -55,8 +82,9 @@ class ShardMetrics:
             registry=r,
         )
         engine.on_ingest_lag = ingest_lag.labels(shard).observe
-        info = Gauge("vsearch_shard_info", "Model version stamped on the shard", ["shard", "model_version"],
-                     registry=r)
+        info = Gauge(
+            "vsearch_shard_info", "Model version stamped on the shard", ["shard", "model_version"], registry=r
+        )
         info.labels(shard, engine.model_version).set(1)
         gauges = {
             "vsearch_shard_vectors": ("Live entries (vectors)", lambda: engine.store.n_entries),

@@ -11,9 +11,11 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import faiss
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -48,10 +50,31 @@ def config_from_args(a: argparse.Namespace) -> EngineConfig:
     )
 
 
+def limit_numpy_blas(threads: int) -> list[dict[str, object]]:
+    """Cap the BLAS pools numpy uses (its bundled OpenBLAS) at `threads`; FAISS's own OpenBLAS and
+    OpenMP (faiss_cpu.libs) are left alone, so batched searches and training still use
+    `--faiss-threads`. Idle OpenBLAS workers busy-wait after every call: the per-query re-score
+    matmul burned ~50 ms of CPU per search on a 2-core host with the default pool, ~2 ms with 1
+    thread (OMP_WAIT_POLICY does not apply to OpenBLAS's own pthreads). Returns what was changed."""
+    from threadpoolctl import ThreadpoolController
+
+    changed = []
+    for lib in ThreadpoolController().lib_controllers:
+        info = lib.info()
+        if info["user_api"] != "blas" or "faiss" in Path(info["filepath"]).parent.name.lower():
+            continue
+        lib.set_num_threads(threads)
+        changed.append({"library": Path(info["filepath"]).name, "from": info["num_threads"], "to": threads})
+    return changed
+
+
 def serve(a: argparse.Namespace) -> int:
     logs.setup(f"shard-{a.shard_id}", a.log_level)
     if a.faiss_threads:
         faiss.omp_set_num_threads(a.faiss_threads)
+    if a.blas_threads:
+        blas = limit_numpy_blas(a.blas_threads)
+        log.info("numpy BLAS threads limited", extra={"libraries": blas, "numpy": np.__version__})
     try:
         engine = ShardEngine(
             a.data_dir,
