@@ -23,7 +23,8 @@ def test_slots_for_entries_matches_dict_under_churn(tmp_path: Path) -> None:
     n0 = 3000
     vecs = unit_vectors(n0, seed=1).astype(np.float16)
     md = pb.ItemMetadata(category="c", price=1.0, available=True, region="eu")
-    records = [(f"item-{i}", md, [ids.entry_id(f"item-{i}", 0)], [()]) for i in range(n0)]
+    no_box: tuple[float, ...] = ()
+    records = [(f"item-{i}", md, [ids.entry_id(f"item-{i}", 0)], [no_box]) for i in range(n0)]
     bulk_load(store, records, vecs)  # the sorted base
     every = np.asarray([ids.entry_id(f"item-{i}", j) for i in range(n0 + 3000) for j in range(3)])
     probe = np.concatenate([every, np.asarray([0, 1, 2**62, -5], dtype=np.int64)])
