@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="extra `vsearch shard` flags for the gRPC part, e.g. '--blas-threads 0 --faiss-threads 0' "
         "(after the defaults '--faiss-threads 1 ...', so they win)",
     )
+    p.add_argument(
+        "--paced-qps",
+        type=float,
+        default=20.0,
+        help="also time CPU per search at this open-loop rate (idle BLAS workers spin between queries)",
+    )
     p.add_argument("--label", default="", help="with --only grpc: store this run under runs[label] in --out")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/shard_<n>.json)")
     p.add_argument("--seed", type=int, default=0)
@@ -393,6 +399,20 @@ def _grpc_part(
                 if len(resp.results[0].hits) != 10:
                     raise RuntimeError("filtered search returned fewer than k")
             cpu_per_filtered_ms = (_cpu_s(pid) - cpu0) / 100 * 1000
+            # Idle baseline, then open-loop searches at --paced-qps: between sparse queries idle
+            # worker threads busy-wait, which a back-to-back loop hides.
+            time.sleep(0.5)
+            cpu0, t_idle = _cpu_s(pid), time.perf_counter()
+            time.sleep(3.0)
+            idle_ms_per_s = (_cpu_s(pid) - cpu0) / (time.perf_counter() - t_idle) * 1000
+            n_paced = 100
+            gap = 1.0 / args.paced_qps
+            cpu0, t_paced = _cpu_s(pid), time.perf_counter()
+            for i in range(n_paced):
+                stub.Search(reqs[i % len(reqs)], timeout=10)
+                time.sleep(max(0.0, t_paced + (i + 1) * gap - time.perf_counter()))
+            paced_s = time.perf_counter() - t_paced
+            paced_cpu_ms = ((_cpu_s(pid) - cpu0) * 1000 - idle_ms_per_s * paced_s) / n_paced
         return {
             "index": stats.index_type,
             "entries": stats.entries,
@@ -405,6 +425,9 @@ def _grpc_part(
             "searches_timed": n,
             "batch1_filter_10pct": _pcts(lat_f),
             "shard_cpu_ms_per_filtered_search": round(cpu_per_filtered_ms, 3),
+            "shard_idle_cpu_ms_per_s": round(idle_ms_per_s, 3),
+            "paced_qps": args.paced_qps,
+            "shard_cpu_ms_per_search_paced": round(paced_cpu_ms, 3),
             "index_bytes_per_vector": round(stats.index_bytes / args.n, 2),
             "disk_bytes_per_vector": round(disk / args.n, 1),
             "import_s": round(import_s, 1),
