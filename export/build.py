@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from export import detector, encoder, manifest, metadata
+from export import detector, encoder, head, manifest, metadata
 from export.data import calibration_images, catalog_images, encoder_batches, set_hash
 from export.env import ARTIFACTS, SHARED, sha256_file
 from visual_search import contract as C
 
-POOLING = "gem"  # chosen by measured mAP (benchmarks/encoder_pooling.json); avg is within ~0.5 pt
+# Descriptor head before PCA: chosen by measured mAP (benchmarks/quality_experiments.json,
+# python -m export.quality); plain GeM was the previous choice (avg within ~0.5 pt).
+HEAD = encoder.Head("gem")
+# Projection: PCA (fitted on catalog whole images) refined by the self-supervised head trained on
+# catalog photos + their detected objects (export/head.py); False = plain PCA.
+TRAINED_HEAD = True
 N_CALIB = 128  # catalog images used for INT8 calibration (evenly spaced over both sets)
 FILES = {"detector_fp32": "detector_fp32.onnx", "encoder_fp32": "encoder_fp32.onnx",
          "detector_int8": "detector_int8.onnx", "encoder_int8": "encoder_int8.onnx"}
@@ -44,22 +49,31 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
 
     torch.set_num_threads(2)
     fit = catalog_images()
-    fmaps = encoder.feature_maps(list(encoder_batches(fit)))
-    proj = encoder.fit_pca(encoder.pool(torch.from_numpy(fmaps), POOLING).numpy())
+    pca = encoder.fit_pca(encoder.descriptors(list(encoder_batches(fit)), HEAD))
+    if TRAINED_HEAD:
+        from export import quality
+
+        entry_maps, groups = quality.catalog_entries()
+        proj = head.train(entry_maps, groups, pca)
+    else:
+        proj = pca
     wpath = encoder.weights_path()
     wsha = sha256_file(wpath)
-    version = encoder.model_version(POOLING, wsha, proj)
+    version = encoder.model_version(HEAD, wsha, proj, trained=TRAINED_HEAD)
     dst = ARTIFACTS / FILES["encoder_fp32"]
-    model = encoder.Encoder(encoder.backbone(), POOLING, proj)
+    model = encoder.Encoder(encoder.backbone(), HEAD, proj)
     encoder.export_onnx(model, dst)
     meta = {
-        "model_name": f"mobilenetv2-imagenet-{POOLING}-pca{C.EMBEDDING_DIM}",
+        "model_name": f"mobilenetv2-imagenet-{HEAD.name}-pca{C.EMBEDDING_DIM}",
         "model_version": version, "embedding_model_version": version,
         "source_weights": encoder.OFFICIAL_URL, "source_weights_sha256": wsha,
-        "pooling": POOLING if POOLING == "avg" else f"gem p={encoder.GEM_P}",
-        "projection": f"PCA {C.EMBEDDING_DIM} (no whitening) on L2-normalised pooled features, then L2",
+        "pooling": HEAD.describe(), "head": HEAD.name,
+        "projection": (f"linear {C.EMBEDDING_DIM}, PCA init then self-supervised contrastive "
+                       f"training on catalog photos ({head.RECIPE}), then L2" if TRAINED_HEAD else
+                       f"PCA {C.EMBEDDING_DIM} (no whitening) on L2-normalised pooled features, then L2"),
         "projection_sha256": proj.digest(), "projection_fit_set_sha256": set_hash(fit),
-        "projection_fit_set": f"all {len(fit)} catalog-split images of ../shared/data/* (no queries)",
+        "projection_fit_set": f"all {len(fit)} catalog-split images of ../shared/data/* (no queries)"
+                              + (" and their FP32 detections" if TRAINED_HEAD else ""),
         "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
                                f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
                                f"std {C.IMAGENET_STD}",

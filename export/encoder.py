@@ -55,6 +55,29 @@ def pool(fmap: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Head:
+    """Descriptor before the projection: global pooling of the last feature map.
+
+    Multi-layer (concatenated GeM of earlier blocks) and regional (R-MAC / R-GeM) variants were
+    measured with python -m export.quality and did not win on both dev sets
+    (benchmarks/quality_experiments.json), so only global pooling is exported.
+    """
+
+    pooling: str = "gem"
+
+    @property
+    def name(self) -> str:
+        return self.pooling
+
+    def describe(self) -> str:
+        return self.pooling if self.pooling == "avg" else f"gem p={GEM_P}"
+
+    def __call__(self, features: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        # one call: keeps the ONNX node names "/features/..." that the INT8 recipe selects
+        return pool(features(pixels), self.pooling)
+
+
+@dataclass(frozen=True)
 class Projection:
     """x -> normalize(normalize(x) - mean) @ components.T; fitted by PCA (no whitening)."""
 
@@ -86,24 +109,23 @@ def fit_pca(feats: np.ndarray, dim: int = C.EMBEDDING_DIM) -> Projection:
 class Encoder(nn.Module):
     """pixels [B,3,224,224] float32 -> embedding [B,256] float16, unit L2 norm."""
 
-    def __init__(self, features: nn.Module, pooling: str, proj: Projection) -> None:
+    def __init__(self, features: nn.Module, head: Head, proj: Projection) -> None:
         super().__init__()
-        self.features, self.pooling = features, pooling
+        self.features, self.head = features, head
         self.register_buffer("mean", torch.from_numpy(proj.mean))
         self.register_buffer("proj", torch.from_numpy(np.ascontiguousarray(proj.components.T)))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        f = pool(self.features(pixels), self.pooling)
-        f = nn.functional.normalize(f, dim=1)
+        f = nn.functional.normalize(self.head(self.features, pixels), dim=1)
         y = nn.functional.normalize((f - self.mean) @ self.proj, dim=1)
         return y.to(torch.float16)
 
 
 @torch.no_grad()
-def feature_maps(batches: list[np.ndarray]) -> np.ndarray:
-    """Backbone feature maps for preprocessed batches -> [N,1280,7,7] float32."""
+def descriptors(batches: list[np.ndarray], head: Head) -> np.ndarray:
+    """Pre-projection descriptors of preprocessed batches -> [N, D] float32."""
     net = backbone()
-    return np.concatenate([net(torch.from_numpy(b)).numpy() for b in batches])
+    return np.concatenate([head(net, torch.from_numpy(b)).numpy() for b in batches])
 
 
 def export_onnx(model: Encoder, dst: Path) -> None:
@@ -115,7 +137,8 @@ def export_onnx(model: Encoder, dst: Path) -> None:
     )
 
 
-def model_version(pooling: str, weights_sha256: str, proj: Projection) -> str:
-    """Embedding model version stamped on shards: changes whenever weights or projection change."""
-    h = hashlib.sha256(f"{weights_sha256}:{pooling}:{proj.digest()}".encode()).hexdigest()[:8]
-    return f"mnv2-{pooling}-pca{C.EMBEDDING_DIM}-{h}"
+def model_version(head: Head, weights_sha256: str, proj: Projection, trained: bool = False) -> str:
+    """Embedding model version stamped on shards: changes whenever weights, head or projection change."""
+    h = hashlib.sha256(f"{weights_sha256}:{head.name}:{proj.digest()}".encode()).hexdigest()[:8]
+    proj_tag = "sslh" if trained else "pca"  # self-supervised trained head vs plain PCA
+    return f"mnv2-{head.pooling}-{proj_tag}{C.EMBEDDING_DIM}-{h}"

@@ -95,8 +95,10 @@ def encoder_parity(photos: list[Path]) -> dict[str, Any]:
     graph = onnx.load(str(ARTIFACTS / "encoder_fp32.onnx")).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     proj = encoder.Projection(inits["mean"], inits["proj"].T.copy())
+    from export.build import HEAD
+
     with torch.no_grad():
-        feats = encoder.pool(encoder.backbone()(torch.from_numpy(x)), "gem").numpy()
+        feats = HEAD(encoder.backbone(), torch.from_numpy(x)).numpy()
     ref = proj.apply(feats)
     g = got.astype(np.float32)
     cos = (ref * g).sum(1) / np.linalg.norm(g, axis=1)
