@@ -64,7 +64,8 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
     model = encoder.Encoder(encoder.backbone(), HEAD, proj)
     encoder.export_onnx(model, dst)
     meta = {
-        "model_name": f"mobilenetv2-imagenet-{HEAD.name}-pca{C.EMBEDDING_DIM}",
+        "model_name": f"mobilenetv2-imagenet-{HEAD.name}-{'sslh' if TRAINED_HEAD else 'pca'}"
+                      f"{C.EMBEDDING_DIM}",
         "model_version": version, "embedding_model_version": version,
         "source_weights": encoder.OFFICIAL_URL, "source_weights_sha256": wsha,
         "pooling": HEAD.describe(), "head": HEAD.name,
