@@ -118,3 +118,26 @@ def run_batched(
                 except Exception as e1:  # noqa: BLE001
                     responses[i] = error_response(pb_utils, e1)
     return responses
+
+
+class OnnxModel:
+    """Base of the CPU flavour's ONNX models (detector, encoder): one onnxruntime session, every
+    request of a dynamic batch run as one onnxruntime batch. Subclasses name their tensors."""
+
+    input_name: str
+    output_name: str
+    output_dtype: Any = np.float32
+
+    def initialize(self, args: dict[str, str]) -> None:
+        _, params, version_dir = parse_args(args)
+        threads = int(params.get("intra_op_threads", "2"))
+        self.session = ort_session(os.path.join(version_dir, "model.onnx"), threads)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return np.asarray(out, self.output_dtype)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]  # stub only
+
+        return run_batched(pb_utils, requests, self.input_name, self.output_name, self.run)
