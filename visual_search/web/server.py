@@ -196,13 +196,27 @@ def serve(gateway: str, host: str, port: int, catalog_root: str | None, timeout:
         httpd.server_close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vsearch web", description="Serve the trial web page.")
+def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--catalog-root", default=None, help="folder of catalog `attributes.image` paths")
-    args = ap.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(args.gateway, args.host, args.port, args.catalog_root)
     return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`vsearch web`: the trial page (token from VSEARCH_AUTH_TOKEN)."""
+    p = subparsers.add_parser("web", help="serve the trial web page (upload, boxes, result grid)")
+    _add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vsearch web", description="Serve the trial web page.")
+    _add_arguments(ap)
+    return _run(ap.parse_args(argv))
