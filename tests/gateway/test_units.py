@@ -221,3 +221,35 @@ def test_filter_parsing() -> None:
     for bad in (["category"], ["price=cheap"], ["available=maybe"]):
         with pytest.raises(InvalidArgument):
             parse_filters(bad)
+
+
+def _rpc_error(code: object, details: str) -> object:
+    import grpc
+
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)  # type: ignore[arg-type]
+
+
+def test_get_surfaces_a_shard_refusal_as_shard_call_error() -> None:
+    """A non-retryable shard answer to Get (e.g. INVALID_ARGUMENT) keeps its code, like Search."""
+    import grpc
+
+    from visual_search.gateway.config import GatewayConfig
+    from visual_search.gateway.fanout import ShardCallError, ShardFanout
+    from visual_search.gateway.metrics import GatewayMetrics
+
+    class RefusingStub:
+        async def Get(self, req: object, timeout: float) -> object:
+            raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad item id")
+
+    async def go() -> None:
+        fan = ShardFanout(GatewayConfig(shard_map=ShardMap.parse("127.0.0.1:1")), GatewayMetrics())
+        fan.shards[0].stubs = [RefusingStub()]  # type: ignore[list-item]
+        try:
+            with pytest.raises(ShardCallError) as ei:
+                await fan.get("item-1", time.monotonic() + 1.0)
+            assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            await fan.close()
+
+    asyncio.run(go())
+

@@ -197,6 +197,8 @@ class ShardFanout:
             resp, _ = await self._call(rs, "Get", req, deadline, hedge=True)
         except AllAttemptsFailed as e:
             raise ShardUnavailable(rs.shard_id, e) from e
+        except grpc.aio.AioRpcError as e:  # hedged() re-raises only non-retryable refusals
+            raise ShardCallError(rs.shard_id, e) from e
         return resp  # type: ignore[no-any-return]
 
     async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> list[Any]:
