@@ -253,3 +253,22 @@ def test_get_surfaces_a_shard_refusal_as_shard_call_error() -> None:
 
     asyncio.run(go())
 
+
+def test_api_method_does_not_count_an_unexpected_error_as_ok() -> None:
+    from visual_search.gateway.metrics import GatewayMetrics
+    from visual_search.gateway.service import api_method
+
+    class Svc:
+        metrics = GatewayMetrics()
+
+        @api_method("Boom")
+        async def Boom(self, request: object, context: object) -> None:
+            raise RuntimeError("a bug")
+
+    svc = Svc()
+    with pytest.raises(RuntimeError):
+        asyncio.run(svc.Boom(None, None))  # type: ignore[arg-type]
+    reg = svc.metrics.registry
+    ok = reg.get_sample_value("vsearch_gateway_requests_total", {"method": "Boom", "code": "OK"})
+    unknown = reg.get_sample_value("vsearch_gateway_requests_total", {"method": "Boom", "code": "UNKNOWN"})
+    assert not ok and unknown == 1.0

@@ -48,11 +48,16 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
     def wrap(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         @functools.wraps(fn)
         async def inner(self: VisualSearchService, request: Any, context: grpc.aio.ServicerContext) -> R:
-            code = grpc.StatusCode.OK
+            code = grpc.StatusCode.UNKNOWN  # what grpc reports for an exception not mapped below
             t0 = time.monotonic()
             self.metrics.inflight.inc()
             try:
-                return await fn(self, request, context)
+                result = await fn(self, request, context)
+                code = grpc.StatusCode.OK
+                return result
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except V.ApiError as e:
                 code, msg = e.code, e.message
             except ShardCallError as e:
