@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
@@ -84,12 +83,7 @@ class TritonEmbedder:
 
     async def _infer(self, model: str, image: bytes, box: Sequence[float] | None, timeout: float) -> Any:
         try:
-            r = await self._c.infer(
-                model,
-                tc._inputs(model, image, box, grpcclient),
-                outputs=tc._outputs(model, grpcclient),
-                client_timeout=max(0.001, timeout),
-            )
+            r = await self._c.infer(**tc._request(model, image, box, max(0.001, timeout)))
         except InferenceServerException as e:
             raise tc._error(model, e) from None
         return tc._parse(model, r)

@@ -85,6 +85,16 @@ def _parse(model: str, result: Any) -> Any:
     return DetectionsWithEmbeddings(*det, emb.reshape(-1, emb.shape[-1]), get(N.IMAGE_EMBEDDING).reshape(-1))
 
 
+def _request(model: str, image: bytes, box: Sequence[float] | None, timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments of InferenceServerClient.infer (sync and aio take the same ones)."""
+    return {
+        "model_name": model,
+        "inputs": _inputs(model, image, box, grpcclient),
+        "outputs": _outputs(model, grpcclient),
+        "client_timeout": timeout_s,
+    }
+
+
 def _error(model: str, e: InferenceServerException) -> InferenceError:
     return InferenceError(model, e.message() or str(e), e.status())
 
@@ -98,12 +108,7 @@ class TritonClient:
 
     def _infer(self, model: str, image: bytes, box: Sequence[float] | None = None) -> Any:
         try:
-            r = self._c.infer(
-                model,
-                _inputs(model, image, box, grpcclient),
-                outputs=_outputs(model, grpcclient),
-                client_timeout=self.timeout_s,
-            )
+            r = self._c.infer(**_request(model, image, box, self.timeout_s))
         except InferenceServerException as e:
             raise _error(model, e) from None
         return _parse(model, r)
@@ -155,12 +160,7 @@ class AsyncTritonClient:
 
     async def _infer(self, model: str, image: bytes, box: Sequence[float] | None = None) -> Any:
         try:
-            r = await self._c.infer(
-                model,
-                _inputs(model, image, box, grpcclient),
-                outputs=_outputs(model, grpcclient),
-                client_timeout=self.timeout_s,
-            )
+            r = await self._c.infer(**_request(model, image, box, self.timeout_s))
         except InferenceServerException as e:
             raise _error(model, e) from None
         return _parse(model, r)
