@@ -90,54 +90,64 @@ _METADATA = {
         "labels": _STRMAP,
     },
 }
-SERVICE_MONITOR_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _METADATA,
-        "spec": {
+
+
+def _crd_schema(spec_required: list[str], spec_properties: dict[str, Any]) -> dict[str, Any]:
+    """A Prometheus Operator object: apiVersion/kind/metadata plus a closed `spec`."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": spec_required,
+                "properties": spec_properties,
+            },
+        },
+    }
+
+
+SERVICE_MONITOR_SCHEMA = _crd_schema(
+    ["selector", "endpoints"],
+    {
+        "jobLabel": {"type": "string"},
+        "namespaceSelector": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["selector", "endpoints"],
             "properties": {
-                "jobLabel": {"type": "string"},
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "selector": _LABEL_SELECTOR,
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["port"],
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "honorLabels": {"type": "boolean"},
-                            "relabelings": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "sourceLabels": {"type": "array", "items": {"type": "string"}},
-                                        "targetLabel": {"type": "string"},
-                                        "regex": {"type": "string"},
-                                        "replacement": {"type": "string"},
-                                        "separator": {"type": "string"},
-                                        "action": {"type": "string"},
-                                    },
-                                },
+                "any": {"type": "boolean"},
+                "matchNames": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "selector": _LABEL_SELECTOR,
+        "endpoints": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["port"],
+                "properties": {
+                    "port": {"type": "string"},
+                    "path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https"]},
+                    "interval": _DURATION,
+                    "scrapeTimeout": _DURATION,
+                    "honorLabels": {"type": "boolean"},
+                    "relabelings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                "targetLabel": {"type": "string"},
+                                "regex": {"type": "string"},
+                                "replacement": {"type": "string"},
+                                "separator": {"type": "string"},
+                                "action": {"type": "string"},
                             },
                         },
                     },
@@ -145,44 +155,35 @@ SERVICE_MONITOR_SCHEMA = {
             },
         },
     },
-}
-PROMETHEUS_RULE_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["groups"],
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "rules"],
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": _DURATION,
-                            "rules": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["expr"],
-                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                                    "properties": {
-                                        "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
-                                        "record": {"type": "string"},
-                                        "expr": {"type": "string", "minLength": 1},
-                                        "for": _DURATION,
-                                        "labels": _STRMAP,
-                                        "annotations": _STRMAP,
-                                    },
-                                },
+)
+PROMETHEUS_RULE_SCHEMA = _crd_schema(
+    ["groups"],
+    {
+        "groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": _DURATION,
+                    "rules": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["expr"],
+                            "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                            "properties": {
+                                "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+                                "record": {"type": "string"},
+                                "expr": {"type": "string", "minLength": 1},
+                                "for": _DURATION,
+                                "labels": _STRMAP,
+                                "annotations": _STRMAP,
                             },
                         },
                     },
@@ -190,7 +191,7 @@ PROMETHEUS_RULE_SCHEMA = {
             },
         },
     },
-}
+)
 
 
 def _promql_problems(expr: str) -> list[str]:
