@@ -53,33 +53,23 @@ class ShardMetrics:
         self.requests = Counter(
             "vsearch_shard_requests", "Shard API calls by outcome", ["shard", "method", "code"], registry=r
         )
-        self.search_seconds = Histogram(
-            "vsearch_shard_search_seconds",
-            "Shard-side latency of one search",
-            ["shard"],
-            buckets=_BUCKETS,
-            registry=r,
+
+        def histogram(name: str, doc: str, *labels: str, buckets: tuple[float, ...] = _BUCKETS) -> Histogram:
+            return Histogram(name, doc, ["shard", *labels], buckets=buckets, registry=r)
+
+        self.search_seconds = histogram("vsearch_shard_search_seconds", "Shard-side latency of one search")
+        self.stage = histogram(
+            "vsearch_shard_search_stage_seconds", "Per-stage search latency: ann, rescore, filter", "stage"
         )
-        self.stage = Histogram(
-            "vsearch_shard_search_stage_seconds",
-            "Per-stage search latency: ann, rescore, filter",
-            ["shard", "stage"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.rpc = Histogram(
+        self.rpc = histogram(
             "vsearch_shard_rpc_seconds",
             "Latency of every shard RPC by method (beyond the contract)",
-            ["shard", "method"],
-            buckets=_BUCKETS,
-            registry=r,
+            "method",
         )
-        ingest_lag = Histogram(
+        ingest_lag = histogram(
             "vsearch_shard_ingest_lag_seconds",
             "Seconds from a write's WAL fsync until it is searchable (R12)",
-            ["shard"],
             buckets=_INGEST_LAG_BUCKETS,
-            registry=r,
         )
         engine.on_ingest_lag = ingest_lag.labels(shard).observe
         info = Gauge(
