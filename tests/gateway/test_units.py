@@ -272,3 +272,39 @@ def test_api_method_does_not_count_an_unexpected_error_as_ok() -> None:
     ok = reg.get_sample_value("vsearch_gateway_requests_total", {"method": "Boom", "code": "OK"})
     unknown = reg.get_sample_value("vsearch_gateway_requests_total", {"method": "Boom", "code": "UNKNOWN"})
     assert not ok and unknown == 1.0
+
+
+def test_cancelled_search_cancels_its_shard_calls() -> None:
+    """A caller that goes away (the handler is cancelled) must not leave shard calls running."""
+    from visual_search.gateway.config import GatewayConfig
+    from visual_search.gateway.fanout import ShardFanout
+    from visual_search.gateway.metrics import GatewayMetrics
+
+    cancelled: list[bool] = []
+
+    class SlowStub:
+        async def Search(self, req: object, timeout: float) -> object:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            raise AssertionError("not cancelled")
+
+    async def go() -> None:
+        cfg = GatewayConfig(shard_map=ShardMap.parse("127.0.0.1:1;127.0.0.1:2"), hedge_adaptive=False)
+        fan = ShardFanout(cfg, GatewayMetrics())
+        for rs in fan.shards:
+            rs.stubs = [SlowStub()]  # type: ignore[list-item]
+        try:
+            call = asyncio.ensure_future(fan.search(shard_pb2.SearchRequest(k=1), time.monotonic() + 30))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(0.05)
+            assert cancelled == [True, True]
+        finally:
+            await fan.close()
+
+    asyncio.run(go())

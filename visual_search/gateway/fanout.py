@@ -171,7 +171,11 @@ class ShardFanout:
         """Query every shard in parallel; missing shards are listed, not fatal (unless all miss)."""
         tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline)) for rs in self.shards]
         result = FanoutResult()
-        await asyncio.wait(tasks)
+        try:
+            await asyncio.wait(tasks)
+        finally:  # the caller went away (cancelled): stop the shard calls it no longer waits for
+            for task in tasks:
+                task.cancel()
         for rs, task in zip(self.shards, tasks, strict=True):
             exc = task.exception()
             if exc is None:
