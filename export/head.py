@@ -1,13 +1,14 @@
 """Projection head trained self-supervised on catalog images (replaces plain PCA).
 
-Backbone frozen; the 1280 -> 256 linear projection (initialised from the catalog PCA) is trained
-with a symmetric InfoNCE loss on pairs of views of the same catalog photo. A view is GeM over a
-random sub-window (>= 4x4 of 7x7, ~ a random resized crop) of the feature map of either the whole
-photo or one of its detected objects, so a photo and its own object crops are pulled together
-(what the served path matches: salient-object query vs whole + object catalog entries); the other
-photos in the batch are the negatives. No labels, no query images. Measured on the dev sets
-(benchmarks/quality_experiments.json): grocery mAP 0.283 -> 0.41 whole/whole, 0.238 -> 0.38
-served config; dogs unchanged or slightly better.
+Backbones frozen; the D -> 256 linear projection (D = 2560, both backbones' GeM; initialised from
+the catalog PCA) is trained with a symmetric InfoNCE loss on pairs of views of the same catalog
+photo. A view is GeM over a random sub-window (>= 4x4 of 7x7, ~ a random resized crop) of the
+feature map of either the whole photo or one of its detected objects, so a photo and its own object
+crops are pulled together (what the served path matches: salient-object query vs whole + object
+catalog entries); the other photos in the batch are the negatives. No labels, no query images.
+Measured on the dev sets (benchmarks/quality_experiments.json): on MobileNetV2 alone grocery mAP
+0.283 -> 0.41 whole/whole, 0.238 -> 0.38 served config, dogs unchanged or slightly better; the same
+recipe on both backbones is what ships ("backbones" there).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _gem(f: torch.Tensor) -> torch.Tensor:
 
 
 def train(fmaps: np.ndarray, groups: Sequence[Sequence[int]], init: Projection) -> Projection:
-    """fmaps [N,1280,7,7] of catalog entries; groups = entry indices per catalog photo."""
+    """fmaps [N,D,7,7] of catalog entries; groups = entry indices per catalog photo."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     maps = torch.from_numpy(np.asarray(fmaps, np.float32))

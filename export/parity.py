@@ -96,9 +96,12 @@ def encoder_parity(photos: list[Path]) -> dict[str, Any]:
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     proj = encoder.Projection(inits["mean"], inits["proj"].T.copy())
     from export.build import HEAD
+    from export.metadata import read
 
+    meta = read(ARTIFACTS / "encoder_fp32.onnx")
+    scales = tuple(float(v) for v in meta["backbone_scales"].split(","))
     with torch.no_grad():
-        feats = HEAD(encoder.backbone(), torch.from_numpy(x)).numpy()
+        feats = HEAD(encoder.backbone(scales), torch.from_numpy(x)).numpy()  # type: ignore[arg-type]
     ref = proj.apply(feats)
     g = got.astype(np.float32)
     cos = (ref * g).sum(1) / np.linalg.norm(g, axis=1)

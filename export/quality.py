@@ -26,6 +26,7 @@ from visual_search import preprocess as P
 
 CACHE = REPO / ".cache" / "quality_fmaps.npz"
 LAYERS = {"b13": 13, "b16": 16, "b17": 17, "last": 18}  # mobilenet_v2.features indices
+LITE0 = "lite0"  # EfficientNet-Lite0's last feature map (the encoder's second backbone)
 
 
 def build_cache() -> None:
@@ -37,7 +38,7 @@ def build_cache() -> None:
     torch.set_num_threads(2)
     pipe = ReferencePipeline(ARTIFACTS / "detector_fp32.onnx", ARTIFACTS / "encoder_fp32.onnx", threads=2)
     net = encoder.backbone()
-    feats: dict[str, list[np.ndarray]] = {k: [] for k in LAYERS}
+    feats: dict[str, list[np.ndarray]] = {k: [] for k in (*LAYERS, LITE0)}
     rows: list[tuple[str, int, str, str, int, int]] = []  # set, image idx, label, split, is_whole, salient
     t0 = time.time()
     for name in DATASETS:
@@ -48,8 +49,9 @@ def build_cache() -> None:
             best = int(np.argmax(sal)) if len(d) else -1
             x = torch.from_numpy(P.encoder_batch(img, d.boxes))
             with torch.no_grad():
+                feats[LITE0].append(net.maps(x)[1].numpy().astype(np.float16))
                 h = x
-                for j, layer in enumerate(net):
+                for j, layer in enumerate(net.mnv2):
                     h = layer(h)
                     for k, idx in LAYERS.items():
                         if idx == j:
@@ -153,7 +155,7 @@ def evaluate_sets(vec: np.ndarray, rows: np.ndarray, k: int = 100) -> dict[str, 
 
 def load_cache() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     z = np.load(CACHE, allow_pickle=True)
-    return z["rows"], {k: z[k] for k in LAYERS}
+    return z["rows"], {k: z[k] for k in (*LAYERS, LITE0)}
 
 
 def variants(fm: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,17 +202,20 @@ def run_eval(names: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def catalog_entries() -> tuple[np.ndarray, list[list[int]]]:
-    """Last-layer feature maps of catalog entries (whole photo + detections) and per-photo groups,
-    from the cache (built here if missing; query rows are dropped)."""
-    if not CACHE.exists():
+def catalog_entries(scales: tuple[float, float]) -> tuple[np.ndarray, list[list[int]]]:
+    """Encoder feature maps (both backbones, scaled and concatenated as in encoder.Backbone) of
+    catalog entries (whole photo + detections) and per-photo groups, from the cache (built here if
+    missing or older than the two-backbone encoder; query rows are dropped)."""
+    if not CACHE.exists() or LITE0 not in np.load(CACHE, allow_pickle=True).files:
         build_cache()
     rows, fm = load_cache()
     cat = np.flatnonzero(rows[:, 3] == "catalog")
     groups: dict[str, list[int]] = {}
     for j, e in enumerate(cat):
         groups.setdefault(f"{rows[e, 0]}/{rows[e, 1]}", []).append(j)
-    return fm["last"][cat].astype(np.float32), list(groups.values())
+    maps = np.concatenate([fm["last"][cat].astype(np.float32) / scales[0],
+                           fm[LITE0][cat].astype(np.float32) / scales[1]], 1)
+    return maps, list(groups.values())
 
 
 def main(argv: list[str] | None = None) -> int:

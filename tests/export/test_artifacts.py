@@ -77,7 +77,7 @@ def test_onnx_metadata_matches_manifest_and_contract(name: str, manifest: dict) 
 def test_model_versions(manifest: dict) -> None:
     v32, v8 = M.model_version("fp32"), M.model_version("int8")
     # pca256 = plain PCA projection, sslh256 = self-supervised trained head (export/head.py)
-    assert v32.startswith("mnv2-") and v8 == v32 + "-int8"
+    assert v32.startswith("mnv2l0-") and v8 == v32 + "-int8"  # MobileNetV2 + EfficientNet-Lite0
     assert f"-pca{C.EMBEDDING_DIM}-" in v32 or f"-sslh{C.EMBEDDING_DIM}-" in v32
     assert M.model_version() == M.model_version(M.default_precision())
     assert manifest["encoder_model_version"] == {"fp32": v32, "int8": v8}
