@@ -29,9 +29,11 @@ class Cluster:
     shard1: ShardProcess
     vectors: dict[str, np.ndarray]
 
-    def spec(self, shard0_addresses: list[str] | None = None) -> str:
+    def spec(self, shard0_addresses: list[str] | None = None, shard1_addresses: list[str] | None = None,
+             ) -> str:
         s0 = shard0_addresses or [r.address for r in self.shard0]
-        return f"{','.join(s0)};{self.shard1.address}"
+        s1 = shard1_addresses or [self.shard1.address]
+        return f"{','.join(s0)};{','.join(s1)}"
 
 
 def item_for(i: int, vec: np.ndarray) -> shard_pb2.Item:

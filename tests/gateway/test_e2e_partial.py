@@ -33,6 +33,29 @@ def test_shard_missing_the_deadline_gives_partial_results(cluster: Cluster, tmp_
             p.stop()
 
 
+def test_no_shard_before_the_deadline_is_deadline_exceeded_not_unavailable(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    slow = [SlowProxy(r.port, delay_s=2.0).start() for r in (*cluster.shard0, cluster.shard1)]
+    try:
+        spec = cluster.spec([p.address for p in slow[:2]], [slow[2].address])
+        with (
+            GatewayProcess(spec, model_version=MODEL, log_path=tmp_path / "gw.log") as gw,
+            vc.Client(gw.address, retries=0) as c,
+        ):
+            with pytest.raises(vc.DeadlineExceeded):
+                c.search(vector=cluster.vectors["item0003"], model_version=MODEL, k=5, timeout=0.5)
+            time.sleep(0.3)  # the gateway records the call when its handler returns
+            text = gw.metrics_text()
+            # the gateway's own verdict (the client may see its local deadline first)
+            labels = {"method": "Search", "code": "DEADLINE_EXCEEDED"}
+            assert metric_value(text, "vsearch_gateway_requests_total", labels) == 1
+            assert metric_value(text, "vsearch_gateway_requests_total", {"code": "UNAVAILABLE"}) == 0
+    finally:
+        for p in slow:
+            p.stop()
+
+
 def test_killed_shard_gives_partial_results_then_all_dead_is_unavailable(
     cluster: Cluster, tmp_path: Path
 ) -> None:

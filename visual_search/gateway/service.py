@@ -154,7 +154,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self.metrics.stage_seconds.labels("fanout").observe(fanout_s)
         if not fan.responses:
             detail = "; ".join(f"shard {s}: {m}" for s, m in sorted(fan.errors.items()))
-            raise V.ApiError(grpc.StatusCode.UNAVAILABLE, f"no shard answered ({detail})")
+            # out of time is the caller's deadline, not an outage: say so, so clients don't fail over
+            spent = time.monotonic() >= deadline - self.cfg.shard_margin_s
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if spent else grpc.StatusCode.UNAVAILABLE
+            raise V.ApiError(code, f"no shard answered{' before the deadline' if spent else ''} ({detail})")
         t2 = time.monotonic()
         params = RerankParams(
             boost_available=self.cfg.boost_available, boost_region=self.cfg.boost_region,
@@ -205,9 +208,13 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         """Index items concurrently (bounded); stream each result as soon as it is known."""
         results: asyncio.Queue[search_pb2.IndexItemResult | None] = asyncio.Queue()
         sem = asyncio.Semaphore(self.cfg.index_concurrency)
-        timeout = self.cfg.index_item_timeout_s
 
         async def one(req: search_pb2.IndexItemRequest) -> None:
+            # each item gets the configured budget, capped by what is left of the stream's deadline
+            remaining = context.time_remaining()
+            timeout = self.cfg.index_item_timeout_s
+            if remaining is not None:
+                timeout = min(timeout, remaining)
             try:
                 res = await self.indexer.index(req, timeout)
             except Exception as e:  # a bug must not kill the stream: report it for this item
