@@ -14,7 +14,7 @@ import numpy as np
 
 from export import detector, encoder, head, manifest, metadata
 from export.data import calibration_images, catalog_images, encoder_batches, set_hash
-from export.env import ARTIFACTS, SHARED, sha256_file
+from export.env import ARTIFACTS, SHARED
 from visual_search import contract as C
 
 # Descriptor head before PCA: chosen by measured mAP (benchmarks/quality_experiments.json,
@@ -73,9 +73,8 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
         "backbones": "MobileNetV2 (torchvision IMAGENET1K_V1) + EfficientNet-Lite0 (ImageNet), "
                      "last feature maps concatenated, each divided by its backbone_scales entry",
         "source_weights": f"{encoder.OFFICIAL_URL} ; {encoder.LITE0_SOURCE}",
-        "source_weights_sha256": f"{sha256_file(encoder.weights_path())} ; "
-                                 f"{sha256_file(encoder.lite0_weights_path())}",
-        "backbone_scales": ",".join(f"{x:.6g}" for x in scales),
+        "source_weights_sha256": " ; ".join(encoder.weights_digests()),
+        "backbone_scales": encoder.format_scales(scales),
         "pooling": HEAD.describe(), "head": HEAD.name,
         "projection": (f"linear {C.EMBEDDING_DIM}, PCA init then self-supervised contrastive "
                        f"training on catalog photos ({head.RECIPE}), then L2" if TRAINED_HEAD else

