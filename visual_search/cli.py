@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,8 +44,26 @@ def _register_all(subparsers: argparse._SubParsersAction, modules: Sequence[str]
         module.register(subparsers)
 
 
+EXAMPLES = """\
+a first session (from the repository root, after `bash scripts/demo.sh` installed .venv):
+  vsearch up &                                  # Triton + 2 shards + gateway on 127.0.0.1:50051
+  vsearch index ../shared/data/grocery_packages_dev/manifest.csv   # its catalog split
+  vsearch detect tests/data/bus.jpg             # the objects a query could use
+  vsearch search tests/data/bus.jpg             # default box = the most salient object
+  vsearch search --item ITEM_ID                 # more like this
+  vsearch web --catalog-root ../shared/data/grocery_packages_dev   # http://127.0.0.1:8080
+`vsearch COMMAND --help` describes each command; the gateway address comes from --gateway or
+VSEARCH_GATEWAY, the token from --token or VSEARCH_AUTH_TOKEN.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vsearch", description="Visual search system")
+    parser = argparse.ArgumentParser(
+        prog="vsearch",
+        description="Visual search: index catalog photos, search by photo, run and measure the stack.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _register_all(sub, COMMAND_MODULES)
     bench = sub.add_parser("bench", help="benchmarks (results as JSON under benchmarks/)")
@@ -55,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `vsearch search ... | head`: the reader left; exit quietly like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Client commands over the public API: `vsearch index | search | detect | delete`.
 
-`vsearch index` takes a directory (every image below it; category = parent folder) or a CSV with
-image,label[,split] columns (paths relative to the CSV; category = label). Item ids are image
-paths relative to the source, without extension. Progress goes to stderr; finished item ids are
-appended to a state file, so an interrupted run resumes where it stopped; failures are summarised
-by error code at the end (exit status 1 if any item failed).
+`vsearch index` takes a directory (every image below it; category = parent folder) or a CSV
+manifest with an `image` column (paths relative to the CSV) and optional columns `label`
+(category), `split`, `price`, `available` (true/false), `region` and `attr.NAME` (filterable
+attributes). A manifest with a `split` column indexes its `catalog` rows unless `--split` says
+otherwise (`--split all` for every row), so query photos are not indexed by accident. Item ids
+are image paths relative to the source, without extension; each item also stores its path as
+attribute `image`, which is what the web page shows as the thumbnail (`vsearch web
+--catalog-root SOURCE_DIR`). Progress goes to stderr; finished item ids are appended to a state
+file, so an interrupted run resumes where it stopped; failures are summarised by error code at
+the end (exit status 1 if any item failed).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +33,28 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 def _common(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument(
-        "--gateway", default=env("VSEARCH_GATEWAY", "127.0.0.1:50051"), help="[env VSEARCH_GATEWAY]"
+        "--gateway",
+        default=env("VSEARCH_GATEWAY", "127.0.0.1:50051"),
+        help="gateway gRPC address host:port (default %(default)s; env VSEARCH_GATEWAY)",
     )
     p.add_argument("--token", default=env("VSEARCH_AUTH_TOKEN"), help="bearer token [env VSEARCH_AUTH_TOKEN]")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca-cert", help="PEM root certificate for --tls (default: system roots)")
-    p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds (default 60)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="index catalog photos (directory or manifest CSV)")
     p.add_argument("source", help="directory of images, or CSV with image,label[,split] columns")
-    p.add_argument("--split", help="CSV only: index rows of this split (e.g. catalog)")
+    p.add_argument(
+        "--split",
+        help="CSV only: index rows of this split; default: 'catalog' when the CSV has a split column; "
+        "'all' = every row",
+    )
     p.add_argument("--limit", type=int, default=0, help="index at most this many items (0 = all)")
     p.add_argument("--state", help="resume state file (default: run/index-state-<source hash>.txt)")
     p.add_argument("--restart", action="store_true", help="ignore the state file; index everything again")
-    p.add_argument("--region", default="", help="metadata region for every item")
+    p.add_argument("--region", default="", help="metadata region for items whose row gives none")
     _common(p)
     p.set_defaults(func=cmd_index)
 
@@ -53,9 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--box", help="explicit box x1,y1,x2,y2 in pixels")
     g.add_argument("--box-index", type=int, help="a detection's index as `vsearch detect` lists them")
     g.add_argument("--all-objects", action="store_true", help="one result list per detected object")
-    g.add_argument("--whole-image", action="store_true")
+    g.add_argument("--whole-image", action="store_true", help="search the whole photo, no detection")
     p.add_argument("--item", help="more like this indexed item id (instead of a photo)")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="results per list (default 10)")
     p.add_argument(
         "--filter",
         action="append",
@@ -64,14 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="category=x, region=eu|us, available=true, price=1..20, attr.NAME=v (repeatable)",
     )
     p.add_argument("--region", default="", help="the user's region (boosts items there)")
-    p.add_argument("--keep-duplicates", action="store_true")
+    p.add_argument(
+        "--keep-duplicates", action="store_true", help="do not collapse near-duplicate items (cosine > 0.95)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(p)
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser("detect", help="list the objects found in a photo (default box marked)")
     p.add_argument("photo")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     _common(p)
     p.set_defaults(func=cmd_detect)
 
@@ -89,24 +102,85 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 # ---- catalog sources --------------------------------------------------------------------------
-def iter_source(source: str | Path, split: str | None = None) -> Iterator[tuple[str, Path, str]]:
-    """(item_id, image path, category) for a directory or a manifest CSV."""
+ALL_SPLITS = "all"
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One catalog photo of a directory or manifest, with the metadata the manifest gives it."""
+
+    item_id: str
+    path: Path
+    category: str
+    price: float = 0.0
+    available: bool = True
+    region: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_bool(value: str, where: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE or v == "":
+        return True
+    if v in _FALSE:
+        return False
+    raise SystemExit(f"{where}: 'available' must be true or false, got {value!r}")
+
+
+def _parse_price(value: str, where: str) -> float:
+    try:
+        return float(value) if value.strip() else 0.0
+    except ValueError:
+        raise SystemExit(f"{where}: 'price' must be a number, got {value!r}") from None
+
+
+def iter_rows(source: str | Path, split: str | None = None) -> Iterator[SourceRow]:
+    """Catalog rows of a directory or a manifest CSV (see the module docstring for columns).
+
+    `split=None` means: the `catalog` rows when the manifest has a `split` column, else all;
+    `split="all"` takes every row.
+    """
     src = Path(source)
     if src.is_dir():
         for path in sorted(src.rglob("*")):
             if path.suffix.lower() in IMAGE_EXTS and path.is_file():
                 rel = path.relative_to(src)
-                yield str(rel.with_suffix("")), path, rel.parent.name if rel.parent.parts else ""
+                category = rel.parent.name if rel.parent.parts else ""
+                yield SourceRow(str(rel.with_suffix("")), path, category, attributes={"image": str(rel)})
         return
+    if not src.is_file():
+        raise SystemExit(f"{src}: no such directory or manifest file")
     with src.open(newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or "image" not in reader.fieldnames:
-            raise SystemExit(f"{src}: CSV needs an 'image' column (got {reader.fieldnames})")
-        for row in reader:
-            if split and row.get("split", "") != split:
+        columns = reader.fieldnames or []
+        if "image" not in columns:
+            raise SystemExit(f"{src}: CSV needs an 'image' column (got {columns})")
+        if split is None and "split" in columns:
+            split = "catalog"
+        for line, row in enumerate(reader, 2):
+            if split and split != ALL_SPLITS and row.get("split", "") != split:
                 continue
+            where = f"{src}:{line}"
             rel = Path(row["image"])
-            yield str(rel.with_suffix("")), src.parent / rel, row.get("label", "") or ""
+            attrs = {k[5:]: v for k, v in row.items() if k and k.startswith("attr.") and v}
+            attrs.setdefault("image", str(rel))
+            yield SourceRow(
+                item_id=str(rel.with_suffix("")),
+                path=src.parent / rel,
+                category=row.get("label", "") or "",
+                price=_parse_price(row.get("price") or "", where),
+                available=_parse_bool(row.get("available") or "", where),
+                region=row.get("region", "") or "",
+                attributes=attrs,
+            )
+
+
+def iter_source(source: str | Path, split: str | None = None) -> Iterator[tuple[str, Path, str]]:
+    """(item_id, image path, category) for a directory or a manifest CSV."""
+    for r in iter_rows(source, split):
+        yield r.item_id, r.path, r.category
 
 
 def _state_path(args: argparse.Namespace) -> Path:
@@ -119,13 +193,13 @@ def _state_path(args: argparse.Namespace) -> Path:
 def cmd_index(args: argparse.Namespace) -> int:
     from visual_search.client import IndexItem, VisualSearchError
 
-    rows = list(iter_source(args.source, args.split))
+    rows = list(iter_rows(args.source, args.split))
     if args.limit:
         rows = rows[: args.limit]
     state = _state_path(args)
     state.parent.mkdir(parents=True, exist_ok=True)
     done = set() if args.restart or not state.exists() else set(state.read_text().split("\n")) - {""}
-    todo = [r for r in rows if r[0] not in done]
+    todo = [r for r in rows if r.item_id not in done]
     print(
         f"{len(rows)} items, {len(rows) - len(todo)} already indexed (state {state}), {len(todo)} to go",
         file=sys.stderr,
@@ -135,13 +209,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
 
     def items() -> Iterator[IndexItem]:
-        for item_id, path, category in todo:
+        for r in todo:
             try:
-                data = path.read_bytes()
+                data = r.path.read_bytes()
             except OSError as e:
-                errors["UNREADABLE"].append(f"{item_id}: {e}")
+                errors["UNREADABLE"].append(f"{r.item_id}: {e.strerror or e}: {r.path}")
                 continue
-            yield IndexItem(item_id, data, category=category, available=True, region=args.region)
+            yield IndexItem(
+                r.item_id,
+                data,
+                category=r.category,
+                price=r.price,
+                available=r.available,
+                region=r.region or args.region,
+                attributes=r.attributes,
+            )
 
     with _client(args) as c, state.open("w" if args.restart else "a") as st:
         try:
@@ -172,30 +254,60 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 # ---- queries ----------------------------------------------------------------------------------
+RESULT_LEGEND = (
+    "score = cosine similarity of the best-matching entry of the item (1 = identical); "
+    "rank = score + business boosts (availability, region), the order of the list"
+)
+
+
+def _query_label(rl: Any) -> str:
+    """What was searched. Detector classes are COCO's, so a carton may say 'person': name them as such."""
+    qb = str(rl.query_box) if rl.query_box else "whole image"
+    if rl.detection_index >= 0:
+        return f"query box {qb} (detected object #{rl.detection_index}, detector class '{rl.class_name}')"
+    return f"query box {qb}"
+
+
 def format_result_table(res: Any) -> str:
+    """Ranked results as a table; item ids are printed whole so they can be copied into --item/delete."""
     lines = []
     if res.partial:
         lines.append(f"PARTIAL results: shards {res.missing_shards} did not answer")
     for rl in res.lists:
-        qb = str(rl.query_box) if rl.query_box else "whole image"
-        head = f"query box {qb}" + (f" ({rl.class_name} #{rl.detection_index})" if rl.class_name else "")
-        lines.append(head)
+        lines.append(_query_label(rl))
+        if not rl.hits:
+            lines.append("  no matches (empty index, or nothing passed the filters)")
+            continue
+        width = max(4, *(len(h.item_id) for h in rl.hits))
         lines.append(
-            f"  {'#':>2} {'item':<48} {'score':>6} {'rank':>6} {'category':<24} {'matched box':<18} flags"
+            f"  {'#':>2} {'item':<{width}} {'score':>6} {'rank':>6} {'category':<24} "
+            f"{'matched box':<18} flags"
         )
         for i, h in enumerate(rl.hits, 1):
-            flags = ("exact " if h.exact_match else "") + (f"+{len(h.duplicates)}dup" if h.duplicates else "")
+            flags = ("exact-copy " if h.exact_match else "") + (
+                f"+{len(h.duplicates)} near-duplicates" if h.duplicates else ""
+            )
             mb = str(h.matched_box) if h.matched_box else "whole"
             lines.append(
-                f"  {i:>2} {h.item_id[:48]:<48} {h.score:6.3f} {h.rank_score:6.3f} "
+                f"  {i:>2} {h.item_id:<{width}} {h.score:6.3f} {h.rank_score:6.3f} "
                 f"{h.category[:24]:<24} {mb:<18} {flags}"
             )
+    if any(rl.hits for rl in res.lists):
+        lines.append(RESULT_LEGEND)
     t = res.timings_ms
     lines.append(
         f"model {res.model_version}; triton {t['triton']:.1f} ms, fan-out {t['fanout']:.1f} ms, "
         f"re-rank {t['rerank']:.1f} ms, total {t['total']:.1f} ms"
     )
     return "\n".join(lines)
+
+
+def _read_photo(path: str) -> bytes:
+    """The photo's bytes, or a one-line error instead of a traceback."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read photo {path}: {e.strerror or e}") from None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -210,13 +322,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         q["item_id"] = args.item
     else:
         q.update(
-            image=Path(args.photo).read_bytes(),
+            image=_read_photo(args.photo),
             all_objects=args.all_objects,
             whole_image=args.whole_image,
             box_index=args.box_index,
         )
         if args.box:
-            q["box"] = [float(v) for v in args.box.split(",")]
+            try:
+                box = [float(v) for v in args.box.split(",")]
+            except ValueError:
+                box = []
+            if len(box) != 4:
+                raise SystemExit(f"error: --box wants x1,y1,x2,y2 in pixels, got {args.box!r}")
+            q["box"] = box
     try:
         with _client(args) as c:
             res = c.search(**q)
@@ -232,14 +350,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     try:
         with _client(args) as c:
-            res = c.detect(Path(args.photo).read_bytes())
+            res = c.detect(_read_photo(args.photo))
     except VisualSearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(asdict(res), indent=2))
         return 0
-    print(f"{res.width}x{res.height}, {len(res.detections)} objects (model {res.model_version})")
+    print(
+        f"{res.width}x{res.height}, {len(res.detections)} objects (model {res.model_version}; "
+        "class = the detector's COCO class, a hint only: any object can be searched)"
+    )
     for d in res.detections:
         mark = "  <- default" if d.is_default else ""
         print(

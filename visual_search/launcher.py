@@ -196,10 +196,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stack_args(p: argparse.ArgumentParser, default_port: int) -> None:
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--shards", type=int, default=2, help="search shards (items are spread by id hash)")
+    p.add_argument(
+        "--replicas", type=int, default=1, help="replicas per shard (queries are hedged across them)"
+    )
     p.add_argument("--port", type=int, default=default_port, help="gateway port (0 = free port)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8"),
+        help="model precision; auto = per model, INT8 only where it passed its quality gate (manifest)",
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -252,17 +259,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vsearch-demo-") as tmp, _sigterm_as_interrupt():
         opts = StackOptions(Path(tmp), args.shards, args.replicas, args.port, args.precision)
+        print(
+            f"== starting tritonserver (CPU), {args.shards} search shards and the gateway on loopback "
+            "(a few seconds; up to ~30 s on a busy machine) ...",
+            flush=True,
+        )
         with Stack(opts) as stack:
             print(f"== stack up in {time.monotonic() - t0:.1f}s: model {stack.model_version}")
             for name, ep in stack.endpoints().items():
                 print(f"   {name:<16} {ep}")
             with Client(stack.gateway.address, timeout=120) as c:
                 t1 = time.monotonic()
+                print(f"== indexing {len(catalog)} catalog photos from {manifest} ...", flush=True)
                 items = (
                     IndexItem(i, p.read_bytes(), category=lbl, price=1.0 + (len(i) % 9))
                     for i, p, lbl in catalog
                 )
-                results = list(c.index(items))
+                results = []
+                for r in c.index(items):
+                    results.append(r)
+                    if len(results) % 10 == 0:
+                        print(f"   {len(results)}/{len(catalog)} indexed", flush=True)
                 bad = [r for r in results if not r.ok]
                 entries = sum(r.entries for r in results)
                 dt = time.monotonic() - t1
