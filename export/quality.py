@@ -90,7 +90,7 @@ def rmac_regions(h: int, w: int, levels: int) -> list[tuple[int, int, int, int]]
 def regional(f: np.ndarray, levels: int, p: float, whole: bool = True) -> np.ndarray:
     """Sum of L2-normalised GeM over R-MAC regions (+ the whole map), then L2."""
     regs = rmac_regions(f.shape[2], f.shape[3], levels)
-    acc = l2n(gem_np(f, p)) if whole else 0.0
+    acc: np.ndarray = l2n(gem_np(f, p)) if whole else np.zeros((f.shape[0], f.shape[1]), np.float64)
     for y, x, sh, sw in regs:
         acc = acc + l2n(gem_np(f[:, :, y : y + sh, x : x + sw], p))
     return l2n(acc)
@@ -127,8 +127,8 @@ def evaluate_sets(vec: np.ndarray, rows: np.ndarray, k: int = 100) -> dict[str, 
                     d["sal"] = len(d["obj"])
                 d["obj"].append(vec[e])
         dim = vec.shape[1]
-        embs = {s: [] for s in ("catalog", "query")}
-        labels = {s: [] for s in ("catalog", "query")}
+        embs: dict[str, list[Any]] = {s: [] for s in ("catalog", "query")}
+        labels: dict[str, list[Any]] = {s: [] for s in ("catalog", "query")}
         for i in sorted(per_img):
             d = per_img[i]
             objs = np.stack(d["obj"]) if d["obj"] else np.zeros((0, dim), np.float32)
