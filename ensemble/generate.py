@@ -45,7 +45,7 @@ from visual_search.triton import names as N
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_SRC = Path(__file__).resolve().parent / "models"
 PYTHON_MODELS = (N.PREPROCESS, N.POSTPROCESS, N.CROP, N.SPLIT)
-ENSEMBLES = (N.DETECT, N.EMBED, N.DETECT_AND_EMBED)
+ENSEMBLES = (N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT)
 
 DT = mc.DataType
 FP32, FP16, U8, I32, STR = DT.TYPE_FP32, DT.TYPE_FP16, DT.TYPE_UINT8, DT.TYPE_INT32, DT.TYPE_STRING
@@ -209,6 +209,7 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             _t(N.IMAGE, STR, [1], optional=True),
             _t(N.IMAGE_RGB, U8, [-1, -1, 3], optional=True),
             _t(N.BOXES, FP32, [-1, 4], optional=True),
+            _t(N.SCORES_FOR_DEFAULT, FP32, [-1], optional=True),
             _t(N.BOX, FP32, [4], optional=True),
         ],
         [_o(N.PIXELS_ALL, FP32, [-1, 3, S_ENC, S_ENC])],
@@ -266,7 +267,25 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             ),
         ],
     )
-    for name in (N.EMBED, N.DETECT_AND_EMBED):  # the gateway checks the version on what it calls
+    # A default-box photo query in one round trip (one decode inside Triton): detections, then the
+    # encoder on the most salient box only (or the whole image when nothing was detected).
+    c[N.DETECT_AND_EMBED_DEFAULT] = _ensemble(
+        N.DETECT_AND_EMBED_DEFAULT,
+        [image],
+        [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
+        [
+            pre_rgb,
+            det,
+            post,
+            _step(
+                N.CROP,
+                {N.IMAGE_RGB: "_rgb", N.BOXES: N.BOXES, N.SCORES_FOR_DEFAULT: N.SCORES},
+                {N.PIXELS_ALL: "_pixels"},
+            ),
+            _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
+        ],
+    )
+    for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT):  # the gateway checks these
         _params(c[name], {N.ENCODER_VERSION_PARAM: version})
     return c
 

@@ -181,3 +181,22 @@ def salience(boxes_xyxy: np.ndarray, scores: np.ndarray, width: int, height: int
     b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
     area = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
     return np.asarray(scores, np.float32).reshape(-1) * area / float(max(1, width * height))
+
+
+def default_box_index(boxes_xyxy: np.ndarray, scores: np.ndarray, width: int, height: int) -> int:
+    """Index of the default (most salient) box; -1 when there is none (the whole image is used).
+
+    Ties go to the earlier detection, the same order a stable sort by descending salience gives,
+    so Triton's one-call query and the gateway's ordering always agree on the box.
+    """
+    sal = salience(boxes_xyxy, scores, width, height)
+    return int(np.argmax(sal)) if sal.size else -1
+
+
+def default_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Encoder input [1, 3, 224, 224] of the default box, or of the whole image when nothing was found."""
+    h, w = img.shape[:2]
+    i = default_box_index(boxes, scores, w, h)
+    if i < 0:
+        return encoder_input(img)[None]
+    return object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i])[None]

@@ -94,6 +94,25 @@ def test_detect_orders_by_salience_and_search_uses_the_default_box(client: vc.Cl
     assert res.timings_ms["triton"] > 0
 
 
+def _triton_requests(stack: Stack) -> dict[str, int]:
+    from visual_search.triton.client import TritonClient
+
+    with TritonClient(stack.triton.grpc_url) as tc:
+        stats = tc.statistics()["model_stats"]
+    return {m["name"]: int(m["inference_stats"]["success"].get("count", 0)) for m in stats}
+
+
+def test_default_box_query_is_one_triton_round_trip(stack: Stack, client: vc.Client) -> None:
+    before = _triton_requests(stack)
+    res = client.search(image=BUS, k=3)
+    after = _triton_requests(stack)
+    calls = {m: after[m] - before.get(m, 0) for m in after if after[m] != before.get(m, 0)}
+    ensembles = {m: n for m, n in calls.items() if m in ("detect", "embed", "detect_and_embed_default")}
+    assert ensembles == {"detect_and_embed_default": 1}, calls
+    assert calls["encoder"] == 1 and calls["preprocess"] == 1  # one crop embedded, one decode in Triton
+    assert res.lists[0].class_name == "bus"
+
+
 def test_all_objects_box_index_and_explicit_box(client: vc.Client, indexed: dict) -> None:
     res = client.search(image=BUS, all_objects=True, k=3)
     assert [rl.detection_index for rl in res.lists] == [0, 1, 2, 3, 4]

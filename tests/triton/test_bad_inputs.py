@@ -126,6 +126,10 @@ def test_zero_detections_is_a_result(client: TritonClient) -> None:
     assert d.boxes.shape == (0, 4) and d.scores.shape == (0,) and d.classes.shape == (0,)
     r = client.detect_and_embed(blank)
     assert r.embeddings.shape == (0, C.EMBEDDING_DIM) and r.image_embedding.shape == (C.EMBEDDING_DIM,)
+    one = client.detect_and_embed_default(blank)  # nothing detected: the whole image is embedded
+    assert one.boxes.shape == (0, 4)
+    whole = client.embed(blank).astype(np.float32)
+    assert float(one.embedding.astype(np.float32) @ whole) > 0.999
 
 
 def test_bad_requests_inside_a_batch_fail_alone(

@@ -79,6 +79,24 @@ def test_detect_and_embed_crops(client: TritonClient, bus: bytes) -> None:
     assert _cos(r.embeddings[0], r.embeddings[1]) < 0.99, "different objects, different vectors"
 
 
+def test_default_box_query_in_one_call(client: TritonClient, bus: bytes, zidane: bytes) -> None:
+    """detect_and_embed_default = detect, pick the most salient box, embed it - in one round trip."""
+    for image in (bus, zidane):
+        one = client.detect_and_embed_default(image)
+        two = client.detect(image)
+        np.testing.assert_allclose(one.boxes, two.boxes, atol=1e-3)
+        h, w = P.decode_image(image).shape[:2]
+        i = P.default_box_index(two.boxes, two.scores, w, h)
+        assert i >= 0
+        _unit(one.embedding)
+        assert one.embedding.shape == (C.EMBEDDING_DIM,)
+        assert _cos(one.embedding, client.embed(image, box=two.boxes[i].tolist())) > 0.999
+        # and not the whole image, nor another object
+        assert _cos(one.embedding, client.embed(image)) < 0.99
+        others = [j for j in range(len(two.boxes)) if j != i]
+        assert all(_cos(one.embedding, client.embed(image, box=two.boxes[j].tolist())) < 0.99 for j in others)
+
+
 def test_serving_matches_reference_path(
     client: TritonClient, reference: ReferencePipeline, bus: bytes
 ) -> None:

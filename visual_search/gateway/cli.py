@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
+    p.add_argument(
+        "--two-call-default-box", action="store_true",
+        help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -65,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
         generation_file=args.generation_file or None,
+        single_call_default_box=not args.two_call_default_box,
     )
 
 

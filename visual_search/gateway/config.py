@@ -78,6 +78,9 @@ class GatewayConfig:
     dedup_threshold: float = 0.95
     phash_max_distance: int = 6  # Hamming bits: at most this -> "the same image"
     candidate_factor: int = 2  # shards return k * factor (+ margin) so collapse can still fill k
+    # Default-box photo queries: one Triton call (detect_and_embed_default). False = the older
+    # detect, then embed the chosen box (two round trips); kept as the benchmark's baseline.
+    single_call_default_box: bool = True
     # Security / transport.
     auth_token: str | None = None
     tls_cert: str | None = None

@@ -69,6 +69,9 @@ class Embedder(Protocol):
     async def detect(self, image: bytes, width: int, height: int, timeout: float) -> Objects: ...
     async def embed(self, image: bytes, box: Sequence[float] | None, timeout: float) -> np.ndarray: ...
     async def detect_and_embed(self, image: bytes, width: int, height: int, timeout: float) -> Objects: ...
+    async def detect_and_embed_default(
+        self, image: bytes, width: int, height: int, timeout: float
+    ) -> tuple[Objects, np.ndarray]: ...
     async def model_version(self) -> str: ...
     async def close(self) -> None: ...
 
@@ -109,6 +112,19 @@ class TritonEmbedder:
         return order_by_salience(
             d.boxes, d.scores, d.classes, width, height, d.embeddings, d.image_embedding
         )
+
+    async def detect_and_embed_default(
+        self, image: bytes, width: int, height: int, timeout: float
+    ) -> tuple[Objects, np.ndarray]:
+        """Detections (most salient first) + the embedding of objects[0], or of the whole image if none.
+
+        One Triton round trip: Triton picks the box with preprocess.default_box_index, which agrees
+        with order_by_salience's first element by construction.
+        """
+        d = await self._infer(N.DETECT_AND_EMBED_DEFAULT, image, None, timeout)
+        vec = np.asarray(d.embedding, np.float32).reshape(-1)
+        self._observe(vec)
+        return order_by_salience(d.boxes, d.scores, d.classes, width, height), vec
 
     async def model_version(self) -> str:
         cfg = await self._c.get_model_config(N.EMBED, as_json=True)

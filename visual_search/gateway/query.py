@@ -56,7 +56,7 @@ def _spec_from_object(objs: Objects, i: int, vec: np.ndarray) -> QuerySpec:
 
 
 async def _resolve_image(
-    q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float
+    q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float, single_call_default: bool = True
 ) -> ResolvedQuery:
     stages: dict[str, float] = {}  # decode / detect / embed seconds, for the stage histogram
 
@@ -93,6 +93,10 @@ async def _resolve_image(
         else:
             assert objs.image_embedding is not None
             specs = [QuerySpec(objs.image_embedding)]
+    elif sel is None and single_call_default:
+        # Default box: detections and the chosen box's embedding in one Triton round trip.
+        objs, vec = await timed("detect", embedder.detect_and_embed_default(q.image, w, h, left()))
+        specs = [_spec_from_object(objs, 0, vec) if len(objs) else QuerySpec(vec)]
     else:
         objs = await timed("detect", embedder.detect(q.image, w, h, left()))
         idx = int(q.box_index) if sel == "box_index" else 0
@@ -134,10 +138,11 @@ async def resolve(
     fanout: ShardFanout,
     served_version: str,
     deadline: float,
+    single_call_default: bool = True,
 ) -> ResolvedQuery:
     kind = req.WhichOneof("query")
     if kind == "image":
-        return await _resolve_image(req.image, embedder, deadline)
+        return await _resolve_image(req.image, embedder, deadline, single_call_default)
     if kind == "vector":
         t = time.monotonic()
         vec = V.decode_query_vector(req.vector, served_version)

@@ -136,7 +136,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         checks_s = time.monotonic() - t0
         opts = request.options
         deadline = self._deadline(context)
-        rq = await resolve(request, self.embedder, self.fanout, self.model_version, deadline)
+        rq = await resolve(
+            request, self.embedder, self.fanout, self.model_version, deadline,
+            self.cfg.single_call_default_box,
+        )
         rq.stage_s["decode"] = rq.stage_s.get("decode", 0.0) + checks_s
         for stage, seconds in rq.stage_s.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)

@@ -35,6 +35,11 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class DetectionsWithDefaultEmbedding(Detections):
+    embedding: np.ndarray  # [D] float16: the default (most salient) box, or the whole image if none
+
+
+@dataclass(frozen=True)
 class DetectionsWithEmbeddings(Detections):
     embeddings: np.ndarray  # [N, D] float16, one per object
     image_embedding: np.ndarray  # [D] float16, the whole image
@@ -65,6 +70,7 @@ def _outputs(model: str, mod: Any) -> list[Any]:
         N.DETECT: (N.BOXES, N.SCORES, N.CLASSES),
         N.EMBED: (N.EMBEDDING,),
         N.DETECT_AND_EMBED: (N.BOXES, N.SCORES, N.CLASSES, N.EMBEDDINGS, N.IMAGE_EMBEDDING),
+        N.DETECT_AND_EMBED_DEFAULT: (N.BOXES, N.SCORES, N.CLASSES, N.EMBEDDING),
     }[model]
     return [mod.InferRequestedOutput(n) for n in names]
 
@@ -81,6 +87,8 @@ def _parse(model: str, result: Any) -> Any:
     det = (get(N.BOXES).reshape(-1, 4), get(N.SCORES).reshape(-1), get(N.CLASSES).reshape(-1))
     if model == N.DETECT:
         return Detections(*det)
+    if model == N.DETECT_AND_EMBED_DEFAULT:
+        return DetectionsWithDefaultEmbedding(*det, get(N.EMBEDDING).reshape(-1))
     emb = get(N.EMBEDDINGS)
     return DetectionsWithEmbeddings(*det, emb.reshape(-1, emb.shape[-1]), get(N.IMAGE_EMBEDDING).reshape(-1))
 
@@ -124,6 +132,11 @@ class TritonClient:
 
     def detect_and_embed(self, image: bytes) -> DetectionsWithEmbeddings:
         result: DetectionsWithEmbeddings = self._infer(N.DETECT_AND_EMBED, image)
+        return result
+
+    def detect_and_embed_default(self, image: bytes) -> DetectionsWithDefaultEmbedding:
+        """Detections + the embedding of the default box (whole image if none), in one round trip."""
+        result: DetectionsWithDefaultEmbedding = self._infer(N.DETECT_AND_EMBED_DEFAULT, image)
         return result
 
     def encoder_version(self, model: str = N.EMBED) -> str:
@@ -175,6 +188,10 @@ class AsyncTritonClient:
 
     async def detect_and_embed(self, image: bytes) -> DetectionsWithEmbeddings:
         result: DetectionsWithEmbeddings = await self._infer(N.DETECT_AND_EMBED, image)
+        return result
+
+    async def detect_and_embed_default(self, image: bytes) -> DetectionsWithDefaultEmbedding:
+        result: DetectionsWithDefaultEmbedding = await self._infer(N.DETECT_AND_EMBED_DEFAULT, image)
         return result
 
     async def infer(self, model: str, image: bytes, box: Sequence[float] | None = None) -> Any:

@@ -12,6 +12,9 @@ from typing import Final
 DETECT: Final = "detect"
 EMBED: Final = "embed"
 DETECT_AND_EMBED: Final = "detect_and_embed"
+# A default-box photo query in one round trip: detections + the embedding of the most salient box
+# (the whole image when nothing is detected), chosen by preprocess.default_box_index.
+DETECT_AND_EMBED_DEFAULT: Final = "detect_and_embed_default"
 
 # composing models
 PREPROCESS: Final = "preprocess"
@@ -24,6 +27,8 @@ SPLIT: Final = "split"
 # tensors
 IMAGE: Final = "IMAGE"  # BYTES [1]: encoded image file
 BOX: Final = "BOX"  # FP32 [4]: optional caller-given x1,y1,x2,y2 in original pixels (embed)
+# FP32 [N] detector confidences given to `crop` with BOXES: crop only the default (most salient) box
+SCORES_FOR_DEFAULT: Final = "SCORES_FOR_DEFAULT"
 IMAGE_RGB: Final = "IMAGE_RGB"  # UINT8 [H, W, 3]: decoded, EXIF-rotated (internal)
 LETTERBOX: Final = "LETTERBOX"  # FP32 [1, 5]: scale, pad_x, pad_y, width, height (internal)
 BOXES: Final = "BOXES"  # FP32 [N, 4]: x1,y1,x2,y2 in original image pixels
@@ -31,7 +36,7 @@ SCORES: Final = "SCORES"  # FP32 [N]
 CLASSES: Final = "CLASSES"  # INT32 [N]: COCO class ids
 PIXELS_ALL: Final = "PIXELS_ALL"  # internal: [N+1, 3, 224, 224] object crops then whole image
 EMBEDDINGS_ALL: Final = "EMBEDDINGS_ALL"  # internal: [N+1, D]
-EMBEDDING: Final = "EMBEDDING"  # FP16 [1, D]: the one embedding of `embed`
+EMBEDDING: Final = "EMBEDDING"  # FP16 [1, D]: the one embedding of `embed` / detect_and_embed_default
 EMBEDDINGS: Final = "EMBEDDINGS"  # FP16 [N, D]: one per detected object
 IMAGE_EMBEDDING: Final = "IMAGE_EMBEDDING"  # FP16 [1, D]: whole image
 

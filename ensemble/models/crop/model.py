@@ -4,6 +4,8 @@ Inputs (all optional, exactly one image source):
   IMAGE      encoded bytes (the `embed` ensemble decodes here)
   IMAGE_RGB  an already decoded image (from `preprocess` in `detect_and_embed`)
   BOXES      [N, 4] detections: output is N object crops followed by the whole image (N may be 0)
+  SCORES_FOR_DEFAULT  [N] with BOXES: output is ONE crop, of the default (most salient) box, or the
+             whole image when N = 0 (`detect_and_embed_default`: a default-box query in one call)
   BOX        [4] caller-given box: output is that one crop (checked by validate_box)
 Neither box input: the whole image. Output PIXELS_ALL [M, 3, 224, 224] goes to `encoder` as one
 request of batch M, so a variable number of objects rides Triton's normal batching.
@@ -16,15 +18,21 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from visual_search.preprocess import decode_image, encoder_batch, object_input, validate_box
+from visual_search.preprocess import decode_image, default_input, encoder_batch, object_input, validate_box
 from visual_search.triton import names as N
 from visual_search.triton.pbmodel import image_bytes, input_array, respond_each
 
 
-def _pixels(img: np.ndarray, boxes: np.ndarray | None, box: np.ndarray | None) -> np.ndarray:
+def _pixels(
+    img: np.ndarray, boxes: np.ndarray | None, box: np.ndarray | None, scores: np.ndarray | None = None
+) -> np.ndarray:
     h, w = img.shape[:2]
     if box is not None:
         return object_input(img, validate_box(box, w, h))[None]
+    if scores is not None:
+        if boxes is None:
+            raise ValueError(f"{N.SCORES_FOR_DEFAULT} needs {N.BOXES}")
+        return default_input(img, boxes, scores)
     return encoder_batch(img, boxes)
 
 
@@ -38,7 +46,8 @@ class TritonPythonModel:
             img = decode_image(image_bytes(pb_utils, request, N.IMAGE))
         boxes = input_array(pb_utils, request, N.BOXES)
         box = input_array(pb_utils, request, N.BOX)
-        return {N.PIXELS_ALL: _pixels(img, None if boxes is None else boxes.reshape(-1, 4), box)}
+        scores = input_array(pb_utils, request, N.SCORES_FOR_DEFAULT)
+        return {N.PIXELS_ALL: _pixels(img, None if boxes is None else boxes.reshape(-1, 4), box, scores)}
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return respond_each(pb_utils, requests, self._one)
