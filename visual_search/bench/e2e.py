@@ -6,12 +6,17 @@ shard API, because embedding 100k real photos on 2 CPU cores would take hours; q
 photos (query split of the grocery set + bus.jpg) through the full path: decode, Triton detect
 + embed, fan-out, merge, re-rank. Also a vector-query run (no Triton) to isolate fan-out and
 re-rank. Reports p50/p95/p99, queries/s and the per-stage breakdown the gateway returns.
+
+Baseline in the same run (`--baseline`, default on): a second gateway on the same Triton and
+shards with `--two-call-default-box` (detect, then embed the chosen box: the path before the
+one-call ensemble); both are driven in turn at each concurrency.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -120,11 +125,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     qvecs = rng.standard_normal((256, 256)).astype(np.float32)
     qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
+    from visual_search.gateway.process import GatewayProcess
+
     results: dict[str, Any] = {"photo_queries": [], "vector_queries": []}
+    if args.baseline:
+        results["photo_queries_baseline_two_calls"] = []
     with (
         tempfile.TemporaryDirectory(prefix="vsearch-bench-") as tmp,
         Stack(StackOptions(Path(tmp), shards=args.shards, precision=args.precision)) as stack,
+        contextlib.ExitStack() as extra,
     ):
+        baseline = None
+        if args.baseline:
+            baseline = extra.enter_context(
+                GatewayProcess(
+                    stack.shard_spec(),
+                    triton_url=stack.triton.grpc_url,
+                    log_path=Path(tmp) / "gateway-baseline.log",
+                    extra_args=[*stack.opts.gateway_args, "--two-call-default-box"],
+                )
+            )
         seed_s = _seed_shards(stack, args.items)
         print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
         time.sleep(args.settle)
@@ -146,13 +166,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["vector_queries"].append(r)
             print("vector", json.dumps(r), flush=True)
         for c in args.concurrency:
+            if baseline is not None:
+                r = asyncio.run(_drive(baseline.address, photo_req, c, args.seconds))
+                results["photo_queries_baseline_two_calls"].append(r)
+                print("photo baseline (two calls)", json.dumps(r), flush=True)
             r = asyncio.run(_drive(stack.gateway.address, photo_req, c, args.seconds))
             results["photo_queries"].append(r)
             print("photo", json.dumps(r), flush=True)
         model_version = stack.model_version
     return {
         "benchmark": "e2e",
-        "what": "public Search: gateway -> Triton (detect + embed default box) -> shards -> merge/re-rank",
+        "what": "public Search: gateway -> Triton (detect_and_embed_default: one call) -> shards -> "
+        "merge/re-rank; baseline: the same with two Triton calls (detect, then embed the default box)",
         "arguments": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
         },
@@ -205,6 +230,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--photos", type=int, default=24, help="distinct real query photos cycled through")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also drive a gateway with --two-call-default-box on the same Triton and shards",
+    )
     p.add_argument(
         "--settle", type=float, default=5.0, help="seconds to let shards train/settle after seeding"
     )
