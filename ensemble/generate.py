@@ -12,6 +12,10 @@ text_format, so regenerating is byte-identical. Weights are symlinked (or copied
 artifacts/models at generation time; `--configs-only` writes just the config.pbtxt files
 (what is committed under model_repository/cpu and model_repository/gpu).
 
+Photo queries (`detect`, `detect_and_embed_default`) run `preprocess_query` -> `detector_query`:
+the same detector weights exported at contract.QUERY_DETECTOR_INPUT_SIZE (416), measured in
+benchmarks/detector_size.json; indexing (`detect_and_embed`, also all-objects queries) keeps 640.
+
 Batching (the documented knobs; see BATCHING):
   detector  cpu: max batch 4, preferred 2/4, 2 ms queue delay, 2 instances x 1 onnxruntime
             thread. On these CPUs onnxruntime's per-image cost does not fall with batch size
@@ -44,12 +48,15 @@ from visual_search.triton import names as N
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_SRC = Path(__file__).resolve().parent / "models"
-PYTHON_MODELS = (N.PREPROCESS, N.POSTPROCESS, N.CROP, N.SPLIT)
+PYTHON_MODELS = (N.PREPROCESS, N.PREPROCESS_QUERY, N.POSTPROCESS, N.CROP, N.SPLIT)
+# Models that share another model's code (the config says what differs: input size, weights).
+MODEL_SOURCE = {N.PREPROCESS_QUERY: N.PREPROCESS, N.DETECTOR_QUERY: N.DETECTOR}
 ENSEMBLES = (N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT)
 
 DT = mc.DataType
 FP32, FP16, U8, I32, STR = DT.TYPE_FP32, DT.TYPE_FP16, DT.TYPE_UINT8, DT.TYPE_INT32, DT.TYPE_STRING
 S_DET = C.DETECTOR_INPUT_SIZE
+S_QDET = C.QUERY_DETECTOR_INPUT_SIZE
 S_ENC = C.ENCODER_INPUT_SIZE
 D = C.EMBEDDING_DIM
 
@@ -66,8 +73,10 @@ class Batching:
 
 BATCHING: dict[tuple[str, str], Batching] = {
     ("cpu", N.DETECTOR): Batching(4, (2, 4), 2000, 2),
+    ("cpu", N.DETECTOR_QUERY): Batching(4, (2, 4), 2000, 2),
     ("cpu", N.ENCODER): Batching(64, (4, 8, 16), 2000, 2),
     ("gpu", N.DETECTOR): Batching(32, (8, 16, 32), 2000, 2),
+    ("gpu", N.DETECTOR_QUERY): Batching(32, (8, 16, 32), 2000, 2),
     ("gpu", N.ENCODER): Batching(128, (32, 64, 128), 2000, 2),
 }
 PYTHON_INSTANCES = 2
@@ -82,9 +91,12 @@ class Options:
     gpu_backend: str = "onnxruntime"  # onnxruntime | tensorrt (gpu flavour only)
     detector_path: Path | None = None  # default: artifacts/models/detector_<precision>.onnx
     encoder_path: Path | None = None
+    query_detector_path: Path | None = None  # default: artifacts/models/detector_query_fp32.onnx
     copy_weights: bool = False
 
     def weights(self, model: str) -> Path:
+        if model == N.DETECTOR_QUERY:  # FP32 only: the INT8 detector fails its gate
+            return Path(self.query_detector_path or REPO_ROOT / C.ARTIFACTS_DIR / "detector_query_fp32.onnx")
         given = self.detector_path if model == N.DETECTOR else self.encoder_path
         if given is not None:
             return Path(given)
@@ -192,12 +204,24 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             _o(N.IMAGE_RGB, U8, [-1, -1, 3]),
         ],
     )
-    c[N.DETECTOR] = _onnx_model(
-        N.DETECTOR,
-        opts,
-        _t(det_in, FP32, [3, S_DET, S_DET]),
-        _o(det_out, FP32, [4 + C.DETECTOR_NUM_CLASSES, -1]),
+    _params(c[N.PREPROCESS], {"input_size": str(S_DET)})
+    c[N.PREPROCESS_QUERY] = _python(
+        N.PREPROCESS_QUERY,
+        [image],
+        [
+            _o(det_in, FP32, [1, 3, S_QDET, S_QDET]),
+            _o(N.LETTERBOX, FP32, [1, 5]),
+            _o(N.IMAGE_RGB, U8, [-1, -1, 3]),
+        ],
     )
+    _params(c[N.PREPROCESS_QUERY], {"input_size": str(S_QDET)})
+    for name, side in ((N.DETECTOR, S_DET), (N.DETECTOR_QUERY, S_QDET)):
+        c[name] = _onnx_model(
+            name,
+            opts,
+            _t(det_in, FP32, [3, side, side]),
+            _o(det_out, FP32, [4 + C.DETECTOR_NUM_CLASSES, -1]),
+        )
     c[N.POSTPROCESS] = _python(
         N.POSTPROCESS,
         [_t(det_out, FP32, [-1, 4 + C.DETECTOR_NUM_CLASSES, -1]), _t(N.LETTERBOX, FP32, [-1, 5])],
@@ -226,14 +250,23 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
         [_o(N.EMBEDDINGS, FP16, [-1, D]), _o(N.IMAGE_EMBEDDING, FP16, [1, D])],
     )
 
-    pre = _step(N.PREPROCESS, {N.IMAGE: N.IMAGE}, {det_in: "_det_input", N.LETTERBOX: "_letterbox"})
     det = _step(N.DETECTOR, {det_in: "_det_input"}, {det_out: "_det_output"})
     post = _step(
         N.POSTPROCESS,
         {det_out: "_det_output", N.LETTERBOX: "_letterbox"},
         {N.BOXES: N.BOXES, N.SCORES: N.SCORES, N.CLASSES: N.CLASSES},
     )
-    c[N.DETECT] = _ensemble(N.DETECT, [image], [boxes, scores, classes], [pre, det, post])
+    # Photo queries: the query-side letterbox (preprocess_query -> detector_query).
+    pre_q = _step(
+        N.PREPROCESS_QUERY,
+        {N.IMAGE: N.IMAGE},
+        {det_in: "_det_input", N.LETTERBOX: "_letterbox", N.IMAGE_RGB: "_rgb"},
+    )
+    det_q = _step(N.DETECTOR_QUERY, {det_in: "_det_input"}, {det_out: "_det_output"})
+    pre_q_boxes = _step(
+        N.PREPROCESS_QUERY, {N.IMAGE: N.IMAGE}, {det_in: "_det_input", N.LETTERBOX: "_letterbox"}
+    )
+    c[N.DETECT] = _ensemble(N.DETECT, [image], [boxes, scores, classes], [pre_q_boxes, det_q, post])
 
     c[N.EMBED] = _ensemble(
         N.EMBED,
@@ -274,8 +307,8 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
         [image],
         [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
         [
-            pre_rgb,
-            det,
+            pre_q,
+            det_q,
             post,
             _step(
                 N.CROP,
@@ -319,8 +352,9 @@ def write_repository(opts: Options, out: Path, configs_only: bool = False) -> di
         if cfg.platform == "ensemble":
             continue
         if cfg.backend == "python":
-            shutil.copy2(MODELS_SRC / name / "model.py", vdir / "model.py")
-        if name in (N.DETECTOR, N.ENCODER) and not (opts.flavour == "gpu" and opts.gpu_backend == "tensorrt"):
+            shutil.copy2(MODELS_SRC / MODEL_SOURCE.get(name, name) / "model.py", vdir / "model.py")
+        trt = opts.flavour == "gpu" and opts.gpu_backend == "tensorrt"
+        if name in (N.DETECTOR, N.DETECTOR_QUERY, N.ENCODER) and not trt:
             _place(opts.weights(name), vdir / "model.onnx", opts.copy_weights)
     return configs
 

@@ -25,7 +25,8 @@ HEAD = encoder.Head("gem")
 TRAINED_HEAD = True
 N_CALIB = 128  # catalog images used for INT8 calibration (evenly spaced over both sets)
 FILES = {"detector_fp32": "detector_fp32.onnx", "encoder_fp32": "encoder_fp32.onnx",
-         "detector_int8": "detector_int8.onnx", "encoder_int8": "encoder_int8.onnx"}
+         "detector_int8": "detector_int8.onnx", "encoder_int8": "encoder_int8.onnx",
+         "detector_query_fp32": "detector_query_fp32.onnx"}
 
 
 def _common(precision: str, calib_hash: str) -> dict[str, str]:
@@ -123,11 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     calib = calibration_images(N_CALIB)
     calib_hash = set_hash(calib)
+    from export import query_detector
+
     metas = {"detector_fp32": build_detector(calib_hash), "encoder_fp32": build_encoder(calib_hash)}
     if not args.skip_int8:
         from export import quantize
 
         metas.update(quantize.build_all(ARTIFACTS, FILES, metas, calib, calib_hash))
+    metas[query_detector.NAME] = query_detector.build()
     man = manifest.write(ARTIFACTS, {k: FILES[k] for k in metas})
     if not args.skip_int8:  # gates decide which precision serving uses per role
         from export import gates

@@ -30,7 +30,11 @@ MAX_QUERY_BATCH: Final = 1024
 MAX_UPSERT_BATCH: Final = 10_000
 
 # ---- preprocessing (used by visual_search/preprocess.py everywhere) ---------------------------
-DETECTOR_INPUT_SIZE: Final = 640  # square letterbox side, pixels
+DETECTOR_INPUT_SIZE: Final = 640  # square letterbox side, pixels (indexing: every catalog object)
+# Photo queries (Detect, default box, box_index) run the same weights at a smaller letterbox:
+# 2.4x fewer detector FLOPs, default-box query mAP within 1 point of 640 on all three dev sets
+# (benchmarks/detector_size.json). Catalog photos keep 640. A multiple of 32 (YOLO's stride).
+QUERY_DETECTOR_INPUT_SIZE: Final = 416
 LETTERBOX_PAD_VALUE: Final = 114  # grey padding, as the detector was trained
 DETECTOR_CONF_THRESHOLD: Final = 0.25
 DETECTOR_IOU_THRESHOLD: Final = 0.45

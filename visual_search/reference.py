@@ -46,12 +46,19 @@ class ObjectEmbeddings:
 class ReferencePipeline:
     """detect / embed / detect_and_embed on decoded images (HxWx3 uint8 RGB)."""
 
-    def __init__(self, detector_path: str | Path, encoder_path: str | Path, threads: int = 0) -> None:
+    def __init__(
+        self,
+        detector_path: str | Path,
+        encoder_path: str | Path,
+        threads: int = 0,
+        detector_size: int = C.DETECTOR_INPUT_SIZE,
+    ) -> None:
         self.detector = make_session(detector_path, threads)
         self.encoder = make_session(encoder_path, threads)
+        self.detector_size = detector_size  # letterbox side the detector ONNX was exported for
 
     def detect(self, img: np.ndarray) -> detection.Detections:
-        x, lb = P.letterbox(img)
+        x, lb = P.letterbox(img, self.detector_size)
         (out,) = self.detector.run([C.DETECTOR_OUTPUT_NAME], {C.DETECTOR_INPUT_NAME: x[None]})
         return detection.decode(out[0], lb)
 

@@ -74,6 +74,20 @@ def test_onnx_metadata_matches_manifest_and_contract(name: str, manifest: dict) 
         assert meta["embedding_model_version"] == meta["model_version"] == M.model_version(meta["precision"])
 
 
+def test_query_detector_is_the_same_weights_at_the_query_side(manifest: dict) -> None:
+    """detector_query_fp32: the detector's weights exported at contract.QUERY_DETECTOR_INPUT_SIZE."""
+    sess = _session("detector_query_fp32")
+    meta = sess.get_modelmeta().custom_metadata_map
+    full = manifest["artifacts"]["detector_fp32"]["metadata"]
+    assert meta == manifest["artifacts"]["detector_query_fp32"]["metadata"]
+    assert meta["source_weights_sha256"] == full["source_weights_sha256"]
+    assert meta["input_size"] == str(C.QUERY_DETECTOR_INPUT_SIZE) and meta["precision"] == "fp32"
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.shape[1:] == [3, C.QUERY_DETECTOR_INPUT_SIZE, C.QUERY_DETECTOR_INPUT_SIZE]
+    assert out.shape[1] == 4 + C.DETECTOR_NUM_CLASSES
+    assert C.QUERY_DETECTOR_INPUT_SIZE % 32 == 0 and C.QUERY_DETECTOR_INPUT_SIZE <= C.DETECTOR_INPUT_SIZE
+
+
 def test_model_versions(manifest: dict) -> None:
     v32, v8 = M.model_version("fp32"), M.model_version("int8")
     # pca256 = plain PCA projection, sslh256 = self-supervised trained head (export/head.py)

@@ -109,7 +109,9 @@ def test_default_box_query_is_one_triton_round_trip(stack: Stack, client: vc.Cli
     calls = {m: after[m] - before.get(m, 0) for m in after if after[m] != before.get(m, 0)}
     ensembles = {m: n for m, n in calls.items() if m in ("detect", "embed", "detect_and_embed_default")}
     assert ensembles == {"detect_and_embed_default": 1}, calls
-    assert calls["encoder"] == 1 and calls["preprocess"] == 1  # one crop embedded, one decode in Triton
+    # one decode in Triton, the query-side detector, one crop embedded
+    assert calls["preprocess_query"] == 1 and calls["detector_query"] == 1 and calls["encoder"] == 1
+    assert "detector" not in calls and "preprocess" not in calls
     assert res.lists[0].class_name == "bus"
 
 

@@ -19,6 +19,10 @@ DETECT_AND_EMBED_DEFAULT: Final = "detect_and_embed_default"
 # composing models
 PREPROCESS: Final = "preprocess"
 DETECTOR: Final = "detector"
+# Photo queries (detect, detect_and_embed_default) run the detector at the smaller
+# contract.QUERY_DETECTOR_INPUT_SIZE; indexing (detect_and_embed) keeps DETECTOR_INPUT_SIZE.
+PREPROCESS_QUERY: Final = "preprocess_query"
+DETECTOR_QUERY: Final = "detector_query"
 POSTPROCESS: Final = "postprocess"
 CROP: Final = "crop"
 ENCODER: Final = "encoder"
