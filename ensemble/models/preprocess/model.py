@@ -2,7 +2,8 @@
 
 The letterbox side is the config parameter `input_size` (contract.DETECTOR_INPUT_SIZE for
 indexing, QUERY_DETECTOR_INPUT_SIZE for photo queries). Also passes the decoded RGB image on, so
-`crop` cuts objects from the very pixels the detector saw (decoded once, EXIF-rotated once). All image handling is visual_search.preprocess.
+`crop` cuts objects from the very pixels the detector saw (decoded once, EXIF-rotated once).
+All image handling is visual_search.preprocess.
 """
 
 from __future__ import annotations
