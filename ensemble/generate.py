@@ -56,7 +56,6 @@ ENSEMBLES = (N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT)
 DT = mc.DataType
 FP32, FP16, U8, I32, STR = DT.TYPE_FP32, DT.TYPE_FP16, DT.TYPE_UINT8, DT.TYPE_INT32, DT.TYPE_STRING
 S_DET = C.DETECTOR_INPUT_SIZE
-S_QDET = C.QUERY_DETECTOR_INPUT_SIZE
 S_ENC = C.ENCODER_INPUT_SIZE
 D = C.EMBEDDING_DIM
 
@@ -92,6 +91,9 @@ class Options:
     detector_path: Path | None = None  # default: artifacts/models/detector_<precision>.onnx
     encoder_path: Path | None = None
     query_detector_path: Path | None = None  # default: artifacts/models/detector_query_fp32.onnx
+    # Letterbox side of photo queries; must match query_detector_path's input. Benchmarks set
+    # 640 + detector_fp32.onnx to serve the old query path as their baseline.
+    query_detector_size: int = C.QUERY_DETECTOR_INPUT_SIZE
     copy_weights: bool = False
 
     def weights(self, model: str) -> Path:
@@ -191,6 +193,7 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
     if opts.flavour not in ("cpu", "gpu") or opts.precision not in ("fp32", "int8"):
         raise ValueError(f"bad flavour/precision {opts.flavour}/{opts.precision}")
     det_in, det_out = C.DETECTOR_INPUT_NAME, C.DETECTOR_OUTPUT_NAME
+    S_QDET = opts.query_detector_size  # noqa: N806 - reads like the S_DET constant it sits beside
     enc_in, enc_out = C.ENCODER_INPUT_NAME, C.ENCODER_OUTPUT_NAME
     image = _t(N.IMAGE, STR, [1])
     boxes, scores, classes = _o(N.BOXES, FP32, [-1, 4]), _o(N.SCORES, FP32, [-1]), _o(N.CLASSES, I32, [-1])

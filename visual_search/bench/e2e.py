@@ -7,9 +7,10 @@ photos (query split of the grocery set + bus.jpg) through the full path: decode,
 + embed, fan-out, merge, re-rank. Also a vector-query run (no Triton) to isolate fan-out and
 re-rank. Reports p50/p95/p99, queries/s and the per-stage breakdown the gateway returns.
 
-Baseline in the same run (`--baseline`, default on): a second gateway on the same Triton and
-shards with `--two-call-default-box` (detect, then embed the chosen box: the path before the
-one-call ensemble); both are driven in turn at each concurrency.
+Baseline in the same run (`--baseline`, default on): the photo-query path as it was before
+issue 13 - a second tritonserver whose query detector is the 640 one, and a second gateway with
+`--two-call-default-box` (detect, then embed the chosen box) - on the same shards; both are
+driven in turn at each concurrency (one at a time, so they do not share the CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from visual_search import contract
+from visual_search.triton import names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +39,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _seed_shards(stack: Any, n_items: int, batch: int = 2000) -> float:
-    from visual_search import contract, ids
+    from visual_search import ids
     from visual_search.v1 import shard_pb2
 
     t0 = time.monotonic()
@@ -115,6 +119,32 @@ async def _drive(address: str, make_req: Any, concurrency: int, seconds: float) 
     }
 
 
+@contextlib.contextmanager
+def _baseline_gateway(stack: Any, run_dir: Path) -> Any:
+    """Triton serving photo queries at 640 + a gateway making two Triton calls per default box."""
+    import dataclasses
+
+    from visual_search.gateway.process import GatewayProcess
+    from visual_search.triton.server import TritonServer
+
+    opts = stack.triton_options()
+    old = dataclasses.replace(
+        opts,
+        query_detector_size=contract.DETECTOR_INPUT_SIZE,
+        query_detector_path=opts.weights(names.DETECTOR),
+    )
+    with (
+        TritonServer(options=old, run_dir=run_dir / "triton") as triton,
+        GatewayProcess(
+            stack.shard_spec(),
+            triton_url=triton.grpc_url,
+            log_path=run_dir / "gateway.log",
+            extra_args=[*stack.opts.gateway_args, "--two-call-default-box"],
+        ) as gw,
+    ):
+        yield gw
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search.client_cli import iter_source
     from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions
@@ -125,8 +155,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     qvecs = rng.standard_normal((256, 256)).astype(np.float32)
     qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
-    from visual_search.gateway.process import GatewayProcess
-
     results: dict[str, Any] = {"photo_queries": [], "vector_queries": []}
     if args.baseline:
         results["photo_queries_baseline_two_calls"] = []
@@ -137,14 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ):
         baseline = None
         if args.baseline:
-            baseline = extra.enter_context(
-                GatewayProcess(
-                    stack.shard_spec(),
-                    triton_url=stack.triton.grpc_url,
-                    log_path=Path(tmp) / "gateway-baseline.log",
-                    extra_args=[*stack.opts.gateway_args, "--two-call-default-box"],
-                )
-            )
+            baseline = extra.enter_context(_baseline_gateway(stack, Path(tmp) / "baseline"))
         seed_s = _seed_shards(stack, args.items)
         print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
         time.sleep(args.settle)
@@ -176,8 +197,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_version = stack.model_version
     return {
         "benchmark": "e2e",
-        "what": "public Search: gateway -> Triton (detect_and_embed_default: one call) -> shards -> "
-        "merge/re-rank; baseline: the same with two Triton calls (detect, then embed the default box)",
+        "what": "public Search: gateway -> Triton (detect_and_embed_default: one call, 416 query "
+        "detector) -> shards -> merge/re-rank; baseline: two Triton calls (detect at 640, then embed "
+        "the default box), as before issue 13",
         "arguments": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
         },
