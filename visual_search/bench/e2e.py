@@ -120,8 +120,9 @@ async def _drive(address: str, make_req: Any, concurrency: int, seconds: float) 
 
 
 @contextlib.contextmanager
-def _baseline_gateway(stack: Any, run_dir: Path) -> Any:
-    """Triton serving photo queries at 640 + a gateway making two Triton calls per default box."""
+def baseline_stack(stack: Any, run_dir: Path) -> Any:
+    """(triton, gateway) as before issue 13 on `stack`'s shards: Triton serving photo queries with
+    the 640 detector and a gateway making two Triton calls per default-box query."""
     import dataclasses
 
     from visual_search.gateway.process import GatewayProcess
@@ -142,7 +143,7 @@ def _baseline_gateway(stack: Any, run_dir: Path) -> Any:
             extra_args=[*stack.opts.gateway_args, "--two-call-default-box"],
         ) as gw,
     ):
-        yield gw
+        yield triton, gw
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ):
         baseline = None
         if args.baseline:
-            baseline = extra.enter_context(_baseline_gateway(stack, Path(tmp) / "baseline"))
+            _, baseline = extra.enter_context(baseline_stack(stack, Path(tmp) / "baseline"))
         seed_s = _seed_shards(stack, args.items)
         print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
         time.sleep(args.settle)

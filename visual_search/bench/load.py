@@ -382,20 +382,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"   {res['bottleneck']}", flush=True)
             return res
 
-        summary["profiles"] = {p: one(p, PROFILES[p], args.users, args.duration) for p in profiles}
-        if steps:
-            results = [one(f"step_search_u{n}", PROFILES["search"], n, args.step_duration) for n in steps]
+        def step_mode(prefix: str) -> dict[str, Any]:
+            results = [
+                one(f"{prefix}step_search_u{n}", PROFILES["search"], n, args.step_duration) for n in steps
+            ]
             ok = [r for r in results if r["p95_ms"] <= args.p95_ms and r["failures"] == 0]
             best = max(ok, key=lambda r: r["req_per_s"]) if ok else None
-            summary["step"] = {
+            out = {
                 "p95_budget_ms": args.p95_ms,
                 "steps": results,
                 "max_sustained_qps": best["req_per_s"] if best else 0.0,
                 "at_users": best["users"] if best else 0,
                 "bottleneck_at_max": best["bottleneck"] if best else "",
             }
-            print(f"== sustained {summary['step']['max_sustained_qps']} queries/s with p95 <= "
-                  f"{args.p95_ms} ms (at {summary['step']['at_users']} users)", flush=True)
+            print(f"== {prefix or 'current'}: sustained {out['max_sustained_qps']} queries/s with p95 <= "
+                  f"{args.p95_ms} ms (at {out['at_users']} users)", flush=True)
+            return out
+
+        summary["profiles"] = {p: one(p, PROFILES[p], args.users, args.duration) for p in profiles}
+        if steps:
+            summary["step"] = step_mode("")
+        if steps and args.baseline:
+            from visual_search.bench.e2e import baseline_stack
+
+            with baseline_stack(stack, run_dir / "baseline") as (btriton, bgw):
+                probe = Probe(btriton.grpc_url, bgw.metrics_url, stack.shard_metrics_urls(),
+                              {**pids, "triton": btriton.proc.pid, "gateway": bgw.proc.pid})
+                host = bgw.address
+                summary["step_baseline_before_issue13"] = {
+                    "what": "same shards; Triton serving photo queries with the 640 detector and a "
+                            "gateway making two Triton calls per default-box query",
+                    **step_mode("baseline_"),
+                }
     summary["total_s"] = round(time.monotonic() - t0, 1)
     summary["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     return summary
@@ -411,6 +429,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-label", type=int, default=3, help="catalog photos indexed per product")
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the step mode against the pre-issue-13 query path (640 detector, two calls)",
+    )
     p.add_argument("--run-dir", default="", help="locust CSV/HTML + stack logs (default run/load/<time>)")
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "load_cpu.json"))
 
