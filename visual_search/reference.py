@@ -52,15 +52,35 @@ class ReferencePipeline:
         encoder_path: str | Path,
         threads: int = 0,
         detector_size: int = C.DETECTOR_INPUT_SIZE,
+        query_detector_path: str | Path | None = None,
     ) -> None:
         self.detector = make_session(detector_path, threads)
         self.encoder = make_session(encoder_path, threads)
         self.detector_size = detector_size  # letterbox side the detector ONNX was exported for
+        # Photo queries use the query-side detector (contract.QUERY_DETECTOR_INPUT_SIZE), as Triton does.
+        self.query_detector = make_session(query_detector_path, threads) if query_detector_path else None
+
+    @staticmethod
+    def _run_detector(session: ort.InferenceSession, img: np.ndarray, size: int) -> detection.Detections:
+        x, lb = P.letterbox(img, size)
+        (out,) = session.run([C.DETECTOR_OUTPUT_NAME], {C.DETECTOR_INPUT_NAME: x[None]})
+        return detection.decode(out[0], lb)
 
     def detect(self, img: np.ndarray) -> detection.Detections:
-        x, lb = P.letterbox(img, self.detector_size)
-        (out,) = self.detector.run([C.DETECTOR_OUTPUT_NAME], {C.DETECTOR_INPUT_NAME: x[None]})
-        return detection.decode(out[0], lb)
+        """Detections as indexing sees them (the catalog side)."""
+        return self._run_detector(self.detector, img, self.detector_size)
+
+    def detect_query(self, img: np.ndarray) -> detection.Detections:
+        """Detections as a photo query sees them (Triton's `detect` / `detect_and_embed_default`)."""
+        if self.query_detector is None:
+            return self.detect(img)
+        return self._run_detector(self.query_detector, img, C.QUERY_DETECTOR_INPUT_SIZE)
+
+    def embed_default(self, img: np.ndarray) -> tuple[detection.Detections, np.ndarray]:
+        """A default-box query: query-side detections + the embedding of the most salient box
+        (the whole image when nothing is detected), exactly what detect_and_embed_default returns."""
+        d = self.detect_query(img)
+        return d, self.encode(P.default_input(img, d.boxes, d.scores))[0]
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """[B, 3, 224, 224] encoder inputs -> float16 [B, EMBEDDING_DIM]."""

@@ -35,7 +35,11 @@ def _unit(e: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def reference() -> ReferencePipeline:
-    return ReferencePipeline(*model_paths(), threads=1)
+    from visual_search import models
+
+    return ReferencePipeline(
+        *model_paths(), threads=1, query_detector_path=models.artifact_path("detector_query_fp32")
+    )
 
 
 def _grocery(n_labels: int, per_label: int) -> dict[str, list[bytes]]:
@@ -112,6 +116,12 @@ def test_serving_matches_reference_path(
         assert _cos(served, ref) >= 0.999
     box = [100.0, 200.0, 500.0, 800.0]
     assert _cos(client.embed(bus, box=box), reference.embed(P.decode_image(bus), np.array(box))) >= 0.999
+    for data in images[:6]:  # a default-box query: query-side detector, then the chosen crop
+        one = client.detect_and_embed_default(data)
+        ref_dets, ref_vec = reference.embed_default(P.decode_image(data))
+        assert one.classes.tolist() == ref_dets.classes.tolist()
+        np.testing.assert_allclose(one.boxes, ref_dets.boxes, atol=1.0)
+        assert _cos(one.embedding, ref_vec) >= 0.999
     served_d = client.detect_and_embed(bus)
     ref_d = reference.detect_and_embed(P.decode_image(bus))
     assert served_d.classes.tolist() == ref_d.detections.classes.tolist()
