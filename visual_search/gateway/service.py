@@ -26,6 +26,7 @@ from visual_search.gateway.merge import Candidate, merge_topk
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.query import resolve
 from visual_search.gateway.rerank import RerankParams, rerank
+from visual_search.gateway.writes import item_results, write_by_owner
 from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
@@ -248,19 +249,37 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
     async def DeleteItems(
         self, request: search_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DeleteItemsResponse:
-        for item_id in request.item_ids:
-            V.check_item_id(item_id)
-        deadline = self._deadline(context)
-        by_shard: dict[int, list[str]] = {}
-        for item_id in dict.fromkeys(request.item_ids):
-            by_shard.setdefault(self.fanout.owner(item_id).shard_id, []).append(item_id)
-        calls = [
-            self.fanout.write(s, "Delete", shard_pb2.DeleteRequest(item_ids=ids_), deadline)
-            for s, ids_ in by_shard.items()
-        ]
-        resp = search_pb2.DeleteItemsResponse()
-        for replica_resps in await asyncio.gather(*calls):
-            first = replica_resps[0]
-            resp.deleted += first.deleted
-            resp.not_found.extend(first.not_found)
+        """Validated whole before any shard is touched; per-item results if a shard fails."""
+        V.check_delete_ids(request.item_ids)
+        item_ids = list(dict.fromkeys(request.item_ids))
+        outcomes = await write_by_owner(
+            self.fanout, item_ids, "Delete",
+            lambda pos: shard_pb2.DeleteRequest(item_ids=[item_ids[p] for p in pos]), self._deadline(context),
+        )
+        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        results, failed = item_results(item_ids, outcomes, not_found)
+        resp = search_pb2.DeleteItemsResponse(results=results, failed_shards=failed)
+        resp.deleted = sum(o.response.deleted for o in outcomes if o.response is not None)
+        resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
+        return resp
+
+    @api_method("UpdateMetadata")
+    async def UpdateMetadata(
+        self, request: search_pb2.UpdateItemsMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.UpdateItemsMetadataResponse:
+        """Metadata-only patches routed to the owning shards (vectors untouched); validated whole
+        first; per-item results (applied / NOT_FOUND / the failure of the item's shard)."""
+        V.check_patches(request.patches)
+        patches = request.patches
+        item_ids = [p.item_id for p in patches]
+        outcomes = await write_by_owner(
+            self.fanout, item_ids, "UpdateMetadata",
+            lambda pos: shard_pb2.UpdateMetadataRequest(patches=[patches[p] for p in pos]),
+            self._deadline(context),
+        )
+        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        results, failed = item_results(item_ids, outcomes, not_found)
+        resp = search_pb2.UpdateItemsMetadataResponse(results=results, failed_shards=failed)
+        resp.updated = sum(o.response.updated for o in outcomes if o.response is not None)
+        resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
         return resp
