@@ -30,6 +30,7 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.crash",
     "visual_search.bench.e2e",
     "visual_search.bench.load",
+    "visual_search.bench.update",
 ]
 
 
