@@ -161,15 +161,37 @@ class ShardFanout:
             self.metrics.hedges.labels(label, "won").inc()
         return out.value, out.hedges_sent
 
-    async def _search_one(
-        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float
-    ) -> tuple[shard_pb2.SearchResponse, int]:
-        resp, hedges = await self._call(rs, "Search", req, deadline, hedge=True)
-        return resp, hedges
+    def shard_budget(self, rs: ReplicaSet) -> float:
+        """Seconds a shard gets to answer a search (config: fixed, or adaptive from its p99)."""
+        cfg = self.cfg
+        if cfg.shard_budget_ms > 0:
+            return cfg.shard_budget_ms / 1e3
+        return rs.latency.budget(
+            cfg.shard_budget_factor, cfg.shard_budget_min_ms / 1e3, cfg.shard_budget_max_ms / 1e3
+        )
 
-    async def search(self, req: shard_pb2.SearchRequest, deadline: float) -> FanoutResult:
-        """Query every shard in parallel; missing shards are listed, not fatal (unless all miss)."""
-        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline)) for rs in self.shards]
+    async def _search_one(
+        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float, budget: float | None
+    ) -> tuple[shard_pb2.SearchResponse, int]:
+        t0 = time.monotonic()
+        budget = self.shard_budget(rs) if budget is None else budget
+        shard_deadline = min(deadline, t0 + budget)
+        try:
+            return await self._call(rs, "Search", req, shard_deadline, hedge=True)
+        except Exception as exc:
+            if time.monotonic() >= shard_deadline and shard_deadline < deadline:
+                rs.latency.add(budget)  # cut off by its budget: let the budget follow a slower shard
+                raise ShardOverBudget(rs.shard_id, budget) from exc
+            raise
+
+    async def search(
+        self, req: shard_pb2.SearchRequest, deadline: float, budget: float | None = None
+    ) -> FanoutResult:
+        """Query every shard in parallel, each within its time budget (`budget` seconds, else the
+        shard's own, see shard_budget) and the deadline; a shard that errs or runs over is listed
+        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer
+        than its budget."""
+        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline, budget)) for rs in self.shards]
         result = FanoutResult()
         try:
             await asyncio.wait(tasks)
@@ -236,6 +258,14 @@ class ShardFanout:
                 return None
 
         return list(await asyncio.gather(*(one(rs) for rs in self.shards)))
+
+
+class ShardOverBudget(Exception):
+    """A shard did not answer a search within its time budget (it is left out of the answer)."""
+
+    def __init__(self, shard_id: int, budget: float) -> None:
+        super().__init__(f"shard {shard_id}: no answer within its {budget * 1e3:.0f} ms budget")
+        self.shard_id = shard_id
 
 
 class ShardUnavailable(Exception):

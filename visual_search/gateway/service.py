@@ -93,7 +93,9 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self.embedder = embedder
         self.metrics = metrics
         self.model_version = model_version
-        self.indexer = Indexer(embedder, fanout, model_version)
+        self.indexer = Indexer(
+            embedder, fanout, model_version, cfg.index_triton_concurrency, cfg.index_upsert_batch
+        )
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -149,8 +151,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             k=k_shard, nprobe=opts.nprobe, rescore_k=opts.rescore_k, filter=request.filter,
             model_version=self.model_version, exact=opts.exact, include_vectors=collapse,
         )
+        if rq.query_phash and not opts.no_exact_lookup:  # hash-first: exact copies even outside the hits
+            shard_req.phash, shard_req.phash_max_distance = rq.query_phash, self.cfg.phash_max_distance
         t1 = time.monotonic()
-        fan = await self.fanout.search(shard_req, deadline - self.cfg.shard_margin_s)
+        budget = opts.shard_budget_ms / 1e3 if opts.shard_budget_ms else None
+        fan = await self.fanout.search(shard_req, deadline - self.cfg.shard_margin_s, budget)
         fanout_s = time.monotonic() - t1
         self.metrics.stage_seconds.labels("fanout").observe(fanout_s)
         if not fan.responses:
@@ -173,7 +178,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         merge_s = 0.0
         for qi, spec in enumerate(rq.specs):
             tm = time.monotonic()
-            per_shard = [(sid, r.results[qi].hits) for sid, r in fan.responses.items() if qi < len(r.results)]
+            per_shard = [
+                (sid, [*r.results[qi].hits, *r.results[qi].exact_hits])
+                for sid, r in fan.responses.items()
+                if qi < len(r.results)
+            ]
             cands = merge_topk(per_shard, 10**9)
             if rq.exclude_item and not opts.include_self:
                 cands = [c for c in cands if c.item_id != rq.exclude_item]
@@ -206,32 +215,44 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
     async def IndexItems(
         self, request_iterator: AsyncIterator[search_pb2.IndexItemRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[search_pb2.IndexItemResult]:
-        """Index items concurrently (bounded); stream each result as soon as it is known."""
+        """Index items concurrently (bounded); stream each result as soon as it is known, tagged with
+        its request's position in the stream. Items with the same id are written in stream order
+        (each waits for the previous version's write), so the last one sent wins."""
         results: asyncio.Queue[search_pb2.IndexItemResult | None] = asyncio.Queue()
         sem = asyncio.Semaphore(self.cfg.index_concurrency)
+        latest: dict[str, asyncio.Event] = {}  # item id -> set when its latest queued version is done
 
-        async def one(req: search_pb2.IndexItemRequest) -> None:
+        async def one(index: int, req: search_pb2.IndexItemRequest, prev: asyncio.Event | None,
+                      mine: asyncio.Event) -> None:
             # each item gets the configured budget, capped by what is left of the stream's deadline
             remaining = context.time_remaining()
             timeout = self.cfg.index_item_timeout_s
             if remaining is not None:
                 timeout = min(timeout, remaining)
             try:
-                res = await self.indexer.index(req, timeout)
+                res = await self.indexer.index(req, timeout, prev.wait if prev is not None else None)
             except Exception as e:  # a bug must not kill the stream: report it for this item
                 log.exception("indexing %r failed", req.item_id)
                 res = search_pb2.IndexItemResult(item_id=req.item_id, error_code="INTERNAL", error=repr(e))
             finally:
+                mine.set()
+                if latest.get(req.item_id) is mine:
+                    del latest[req.item_id]
                 sem.release()
+            res.request_index = index
             self.metrics.indexed_items.labels("ok" if res.ok else res.error_code).inc()
             await results.put(res)
 
         async def pump() -> None:
             tasks: list[asyncio.Task[None]] = []
             try:
+                index = 0
                 async for req in request_iterator:
                     await sem.acquire()
-                    tasks.append(asyncio.create_task(one(req)))
+                    mine = asyncio.Event()
+                    prev, latest[req.item_id] = latest.get(req.item_id), mine
+                    tasks.append(asyncio.create_task(one(index, req, prev, mine)))
+                    index += 1
                 if tasks:
                     await asyncio.gather(*tasks)
             finally:
