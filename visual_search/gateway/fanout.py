@@ -78,6 +78,7 @@ class ReplicaSet:
         self.latency = LatencyWindow()
         self._next = random.randrange(len(addresses))
         self._bad_until = [0.0] * len(addresses)
+        self.late_call: asyncio.Future[Any] | None = None  # at most one over-budget search left running
 
     def order(self) -> list[int]:
         """Replica indexes to try: round-robin start, recently failed replicas last."""
@@ -90,6 +91,12 @@ class ReplicaSet:
 
     def mark_bad(self, i: int) -> None:
         self._bad_until[i] = time.monotonic() + _BAD_REPLICA_S
+
+    def late_call_done(self, task: asyncio.Future[Any]) -> None:
+        """A search that ran over its budget finished (its time was recorded by _call on success)."""
+        self.late_call = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure here was already counted by _call
 
 
 class ShardFanout:
@@ -175,14 +182,26 @@ class ShardFanout:
     ) -> tuple[shard_pb2.SearchResponse, int]:
         t0 = time.monotonic()
         budget = self.shard_budget(rs) if budget is None else budget
-        shard_deadline = min(deadline, t0 + budget)
+        if t0 + budget >= deadline:
+            return await self._call(rs, "Search", req, deadline, hedge=True)
+        # The call itself may run up to the cap: if it is the shard's only late call, it is left
+        # to finish after the answer went out, so its time still enters the p99 (a shard that got
+        # slower raises its own budget; a stalled one never answers and changes nothing).
+        call_deadline = min(deadline, t0 + max(budget, self.cfg.shard_budget_max_ms / 1e3))
+        task = asyncio.ensure_future(self._call(rs, "Search", req, call_deadline, hedge=True))
         try:
-            return await self._call(rs, "Search", req, shard_deadline, hedge=True)
-        except Exception as exc:
-            if time.monotonic() >= shard_deadline and shard_deadline < deadline:
-                rs.latency.add(budget)  # cut off by its budget: let the budget follow a slower shard
-                raise ShardOverBudget(rs.shard_id, budget) from exc
+            done, _ = await asyncio.wait({task}, timeout=budget)
+        except asyncio.CancelledError:
+            task.cancel()
             raise
+        if task in done:
+            return task.result()
+        if rs.late_call is None:
+            rs.late_call = task
+            task.add_done_callback(rs.late_call_done)
+        else:
+            task.cancel()
+        raise ShardOverBudget(rs.shard_id, budget)
 
     async def search(
         self, req: shard_pb2.SearchRequest, deadline: float, budget: float | None = None

@@ -103,8 +103,7 @@ class LatencyWindow:
 
     def budget(self, factor: float, lo: float, hi: float) -> float:
         """Per-shard time budget: `factor` x the recent p99, within [lo, hi]; `hi` until enough
-        samples exist. A call cut off by its budget is recorded at the budget (add()), so a shard
-        that became slower for good raises its own budget instead of being dropped for ever."""
+        samples exist."""
         p = self.quantile(0.99)
         return hi if p is None else min(hi, max(lo, factor * p))
 
