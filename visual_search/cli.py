@@ -31,6 +31,8 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.e2e",
     "visual_search.bench.load",
     "visual_search.bench.update",
+    "visual_search.bench.budget",
+    "visual_search.bench.ingest",
 ]
 
 
