@@ -9,16 +9,20 @@ from visual_search.client import (
     IndexItem,
     IndexResult,
     InvalidArgument,
+    ItemWrite,
+    MetadataUpdate,
     NotFound,
+    PartialWrite,
     ResultList,
     SearchResult,
     Unauthenticated,
     Unavailable,
     VisualSearchError,
+    WriteResult,
 )
 
 __all__ = [
     "AsyncClient", "Client", "DetectResult", "FailedPrecondition", "Hit", "IndexItem", "IndexResult",
-    "InvalidArgument", "NotFound", "ResultList", "SearchResult", "Unauthenticated", "Unavailable",
-    "VisualSearchError",
+    "InvalidArgument", "ItemWrite", "MetadataUpdate", "NotFound", "PartialWrite", "ResultList",
+    "SearchResult", "Unauthenticated", "Unavailable", "VisualSearchError", "WriteResult",
 ]

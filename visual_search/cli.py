@@ -32,6 +32,9 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.e2e",
     "visual_search.bench.load",
     "visual_search.bench.detector_size",
+    "visual_search.bench.update",
+    "visual_search.bench.budget",
+    "visual_search.bench.ingest",
 ]
 
 

@@ -6,8 +6,9 @@
         for hit in res.lists[0].hits: print(hit.item_id, hit.score)
 
 Errors raise VisualSearchError subclasses named after the gRPC code (InvalidArgument, NotFound,
-...). Idempotent calls (Detect, Search, DeleteItems) are retried on UNAVAILABLE with exponential
-backoff; IndexItems is not retried automatically (the CLI resumes from its state file instead).
+...). Idempotent calls (Detect, Search, DeleteItems, UpdateMetadata) are retried on UNAVAILABLE
+with exponential backoff; IndexItems is not retried automatically (the CLI resumes from its state
+file instead).
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class DeadlineExceeded(VisualSearchError):
 
 class ResourceExhausted(VisualSearchError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PartialWrite(VisualSearchError):
+    """A multi-shard write (delete) that some shard did not apply; `result` says item by item."""
+
+    def __init__(self, message: str, result: WriteResult) -> None:
+        super().__init__(message, grpc.StatusCode.UNAVAILABLE)
+        self.result = result
 
 
 _BY_CODE: dict[grpc.StatusCode, type[VisualSearchError]] = {
@@ -170,6 +179,91 @@ class IndexResult:
     error: str
     entries: int
     shard_id: int
+    request_index: int = 0  # position in the request stream this result answers
+
+
+@dataclass(frozen=True)
+class ItemWrite:
+    item_id: str
+    applied: bool
+    error_code: str  # "" when applied; NOT_FOUND, or the failure of the item's shard
+    error: str
+    shard_id: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of DeleteItems / UpdateMetadata, item by item (request order)."""
+
+    items: list[ItemWrite]
+    failed_shards: list[int]
+
+    @property
+    def applied(self) -> list[str]:
+        return [i.item_id for i in self.items if i.applied]
+
+    @property
+    def not_found(self) -> list[str]:
+        return [i.item_id for i in self.items if i.error_code == "NOT_FOUND"]
+
+    @property
+    def failed(self) -> list[ItemWrite]:
+        """Items not applied because their shard failed (safe to send again)."""
+        return [i for i in self.items if not i.applied and i.error_code != "NOT_FOUND"]
+
+
+def write_result(r: search_pb2.DeleteItemsResponse | search_pb2.UpdateItemsMetadataResponse) -> WriteResult:
+    return WriteResult(
+        [ItemWrite(x.item_id, x.applied, x.error_code, x.error, x.shard_id) for x in r.results],
+        list(r.failed_shards),
+    )
+
+
+def _delete_outcome(r: search_pb2.DeleteItemsResponse) -> tuple[int, list[str]]:
+    res = write_result(r)
+    if res.failed:
+        raise PartialWrite(
+            f"shards {res.failed_shards} failed: {len(res.failed)} ids not deleted "
+            f"({', '.join(i.item_id for i in res.failed[:5])}{', ...' if len(res.failed) > 5 else ''}); "
+            f"{r.deleted} deleted",
+            res,
+        )
+    return r.deleted, list(r.not_found)
+
+
+@dataclass
+class MetadataUpdate:
+    """A metadata-only change of one item: None = keep the stored value. `attributes` are set
+    (added/overwritten), `remove_attributes` removed; replace_attributes=True makes the item's
+    attributes exactly `attributes`."""
+
+    item_id: str
+    category: str | None = None
+    price: float | None = None
+    available: bool | None = None
+    region: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    remove_attributes: list[str] = field(default_factory=list)
+    replace_attributes: bool = False
+
+    def to_pb(self) -> shard_pb2.MetadataPatch:
+        p = shard_pb2.MetadataPatch(
+            item_id=self.item_id, attributes=self.attributes, remove_attributes=self.remove_attributes,
+            replace_attributes=self.replace_attributes,
+        )
+        for name in ("category", "price", "available", "region"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(p, name, value)
+        return p
+
+
+def _update_request(
+    updates: Iterable[MetadataUpdate | shard_pb2.MetadataPatch],
+) -> search_pb2.UpdateItemsMetadataRequest:
+    return search_pb2.UpdateItemsMetadataRequest(
+        patches=[u if isinstance(u, shard_pb2.MetadataPatch) else u.to_pb() for u in updates]
+    )
 
 
 @dataclass
@@ -235,7 +329,7 @@ def detect_result(r: search_pb2.DetectResponse) -> DetectResult:
 
 
 def index_result(r: search_pb2.IndexItemResult) -> IndexResult:
-    return IndexResult(r.item_id, r.ok, r.error_code, r.error, r.entries, r.shard_id)
+    return IndexResult(r.item_id, r.ok, r.error_code, r.error, r.entries, r.shard_id, r.request_index)
 
 
 # ---- request building -------------------------------------------------------------------------
@@ -411,11 +505,19 @@ class Client:
             raise _translate(e) from None
 
     def delete(self, item_ids: Sequence[str], timeout: float | None = None) -> tuple[int, list[str]]:
-        """Returns (deleted count, ids that were not indexed)."""
+        """Returns (deleted count, ids that were not indexed); PartialWrite (with the per-item
+        outcome) when a shard failed after others had deleted theirs."""
         r = self._call(
             self._stub.DeleteItems, search_pb2.DeleteItemsRequest(item_ids=list(item_ids)), timeout
         )
-        return r.deleted, list(r.not_found)
+        return _delete_outcome(r)
+
+    def update_metadata(
+        self, updates: Iterable[MetadataUpdate | shard_pb2.MetadataPatch], timeout: float | None = None
+    ) -> WriteResult:
+        """Metadata-only update of up to MAX_UPSERT_BATCH items in one call (idempotent, so retried
+        on UNAVAILABLE); per-item outcome, `failed` lists items whose shard failed."""
+        return write_result(self._call(self._stub.UpdateMetadata, _update_request(updates), timeout))
 
     def close(self) -> None:
         self._channel.close()
@@ -488,8 +590,13 @@ class AsyncClient:
 
     async def delete(self, item_ids: Sequence[str], timeout: float | None = None) -> tuple[int, list[str]]:
         req = search_pb2.DeleteItemsRequest(item_ids=list(item_ids))
-        r = await self._call(self._stub.DeleteItems, req, timeout)
-        return r.deleted, list(r.not_found)
+        return _delete_outcome(await self._call(self._stub.DeleteItems, req, timeout))
+
+    async def update_metadata(
+        self, updates: Iterable[MetadataUpdate | shard_pb2.MetadataPatch], timeout: float | None = None
+    ) -> WriteResult:
+        r = await self._call(self._stub.UpdateMetadata, _update_request(updates), timeout)
+        return write_result(r)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -1,4 +1,4 @@
-"""Client commands over the public API: `vsearch index | search | detect | delete`.
+"""Client commands over the public API: `vsearch index | update | search | detect | delete`.
 
 `vsearch index` takes a directory (every image below it; category = parent folder) or a CSV
 manifest with an `image` column (paths relative to the CSV) and optional columns `label`
@@ -57,6 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default="", help="metadata region for items whose row gives none")
     _common(p)
     p.set_defaults(func=cmd_index)
+
+    p = subparsers.add_parser(
+        "update", help="metadata-only updates from a CSV (price, stock, ...): no photos, no re-embedding"
+    )
+    p.add_argument(
+        "csv",
+        help="CSV with an item_id column and any of category, price, available, region, attr.NAME; "
+        "an empty cell keeps the stored value",
+    )
+    p.add_argument("--batch", type=int, default=1000, help="items per UpdateMetadata call (<= 10000)")
+    _common(p)
+    p.set_defaults(func=cmd_update)
 
     p = subparsers.add_parser("search", help="search by photo (default box, --box, --all-objects) or --item")
     p.add_argument("photo", nargs="?", help="query photo")
@@ -253,6 +265,84 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def read_updates(path: str | Path) -> Iterator[Any]:
+    """MetadataUpdate per CSV row: item_id + any of category, price, available, region,
+    attr.NAME columns; an empty cell keeps the stored value. Bad cells stop with the row number."""
+    from visual_search.client import MetadataUpdate
+
+    with Path(path).open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "item_id" not in cols:
+            raise SystemExit(f"{path}: CSV needs an 'item_id' column (got {cols})")
+        known = {"item_id", "category", "price", "available", "region"}
+        unknown = [c for c in cols if c not in known and not (c.startswith("attr.") and len(c) > 5)]
+        if unknown:
+            raise SystemExit(f"{path}: unknown columns {unknown} (known: {sorted(known)}, attr.NAME)")
+        for n, row in enumerate(reader, 2):
+            u = MetadataUpdate(item_id=row["item_id"].strip())
+            try:
+                if row.get("category"):
+                    u.category = row["category"]
+                if row.get("region"):
+                    u.region = row["region"]
+                if row.get("price"):
+                    u.price = float(row["price"])
+                if row.get("available"):
+                    v = row["available"].strip().lower()
+                    if v not in _TRUE | _FALSE:
+                        raise ValueError(f"available={row['available']!r} (want true/false)")
+                    u.available = v in _TRUE
+            except ValueError as e:
+                raise SystemExit(f"{path}:{n}: {e}") from None
+            u.attributes = {c[5:]: row[c] for c in cols if c.startswith("attr.") and row.get(c)}
+            yield u
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from visual_search.client import VisualSearchError
+
+    updates = list(read_updates(args.csv))
+    if not 1 <= args.batch <= 10_000:
+        raise SystemExit("--batch must be in 1..10000")
+    applied = 0
+    not_found: list[str] = []
+    failed: dict[str, list[str]] = defaultdict(list)
+    t0 = time.monotonic()
+    with _client(args) as c:
+        for a in range(0, len(updates), args.batch):
+            chunk = updates[a : a + args.batch]
+            try:
+                res = c.update_metadata(chunk)
+            except VisualSearchError as e:  # the whole batch was refused or no shard answered
+                print(f"\nbatch {a}..{a + len(chunk) - 1}: {e}", file=sys.stderr)
+                for u in chunk:
+                    failed[e.code.name].append(u.item_id)
+                continue
+            applied += len(res.applied)
+            not_found += res.not_found
+            for item in res.failed:
+                failed[item.error_code].append(f"{item.item_id}: {item.error}")
+            done = a + len(chunk)
+            rate = done / max(1e-9, time.monotonic() - t0)
+            print(
+                f"\rupdated {applied}/{len(updates)}  not found {len(not_found)}  "
+                f"failed {sum(map(len, failed.values()))}  {rate:.0f} items/s",
+                end="", file=sys.stderr,
+            )
+    print(file=sys.stderr)
+    if not_found:
+        print(f"{len(not_found)} not indexed: {', '.join(not_found[:10])}", file=sys.stderr)
+    for code, msgs in sorted(failed.items()):
+        print(f"{len(msgs)} x {code} (not applied; safe to re-run)", file=sys.stderr)
+        for m in msgs[:5]:
+            print(f"    {m}", file=sys.stderr)
+    n_failed = sum(map(len, failed.values()))
+    print(f"done: {applied} updated, {len(not_found)} not found, {n_failed} failed "
+          f"in {time.monotonic() - t0:.1f}s")
+    return 1 if failed else 0
+
+
 # ---- queries ----------------------------------------------------------------------------------
 RESULT_LEGEND = (
     "score = cosine similarity of the best-matching entry of the item (1 = identical); "
@@ -370,11 +460,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from visual_search.client import VisualSearchError
+    from visual_search.client import PartialWrite, VisualSearchError
 
     try:
         with _client(args) as c:
             deleted, not_found = c.delete(args.ids)
+    except PartialWrite as e:
+        print(f"error: {e}", file=sys.stderr)
+        for item in e.result.failed:
+            print(f"    not deleted: {item.item_id} ({item.error_code}: {item.error})", file=sys.stderr)
+        return 1
     except VisualSearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

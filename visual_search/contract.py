@@ -27,7 +27,9 @@ MAX_K: Final = 1000
 MAX_RESCORE_K: Final = 10_000
 MAX_NPROBE: Final = 65_536
 MAX_QUERY_BATCH: Final = 1024
-MAX_UPSERT_BATCH: Final = 10_000
+MAX_UPSERT_BATCH: Final = 10_000  # items per Upsert / ids per Delete / patches per UpdateMetadata
+MAX_PHASH_DISTANCE: Final = 16  # hash-first exact lookup: largest Hamming distance a request may ask
+MAX_PHASH_HITS: Final = 10  # hash-first exact lookup: items returned per query at most
 
 # ---- preprocessing (used by visual_search/preprocess.py everywhere) ---------------------------
 DETECTOR_INPUT_SIZE: Final = 640  # square letterbox side, pixels (indexing: every catalog object)

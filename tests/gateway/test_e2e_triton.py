@@ -164,3 +164,64 @@ def test_cli_index_resumes_from_its_state_file(
     assert "1 x INVALID_ARGUMENT" in err
     assert cli.main(argv) == 1
     assert f"{len(rows)} already indexed" in capsys.readouterr().err  # only the bad one retried
+
+
+def stored_price(client: vc.Client, item_id: str) -> float:
+    """The stored item's price (other items may share its photo, so look for it by id)."""
+    opts = vc.search_pb2.SearchOptions(include_self=True, keep_duplicates=True)
+    hits = client.search(item_id=item_id, k=50, options=opts).hits
+    return next(h.price for h in hits if h.item_id == item_id)
+
+
+def test_same_id_several_times_in_one_stream_last_version_wins(client: vc.Client, indexed: dict) -> None:
+    """Issue 12.4: versions of one id in one stream are written in stream order, every time; each
+    result names the request it answers. A failing last version leaves the previous one."""
+    photos = [p.read_bytes() for _, p, _ in catalog_rows()[:6]]
+    for trial in range(3):
+        item = f"dup-{trial}"
+        versions = [vc.IndexItem(item, photos[v], price=100.0 * trial + v) for v in range(6)]
+        stream = [vc.IndexItem(f"other-{trial}-{j}", photos[j]) for j in range(2)] + versions
+        results = list(client.index(stream))
+        assert sorted(r.request_index for r in results) == list(range(len(stream)))
+        assert all(r.item_id == stream[r.request_index].item_id and r.ok for r in results)
+        assert stored_price(client, item) == 100.0 * trial + 5, f"trial {trial}"
+    bad_last = [
+        vc.IndexItem("dup-x", photos[0], price=1.0),
+        vc.IndexItem("dup-x", photos[1], price=2.0),
+        vc.IndexItem("dup-x", b"not an image", price=3.0),
+    ]
+    results = sorted(client.index(bad_last), key=lambda r: r.request_index)
+    assert [r.ok for r in results] == [True, True, False]
+    assert stored_price(client, "dup-x") == 2.0
+
+
+def test_exact_copy_is_found_first_even_when_not_among_the_vector_hits(
+    client: vc.Client, indexed: dict
+) -> None:
+    """Hash-first: the shopper sends the catalog photo itself and taps a detail of it; the catalog
+    also has close-up items of that detail, which the vector search ranks first (k=1). The
+    perceptual-hash lookup still returns the catalog item first, flagged exact."""
+    item_id, path, _ = catalog_rows()[7]
+    photo = path.read_bytes()
+    img = Image.open(io.BytesIO(photo)).convert("RGB")
+    w, h = img.size
+    details = []  # 24 close-ups of the top-left corner, rescaled / re-encoded: other photos, other hashes
+    for frac in (0.45, 0.3):
+        for n in range(12):
+            crop = img.crop((0, 0, int(w * frac), int(h * frac)))
+            s = 1.0 - 0.03 * n
+            crop = crop.resize((max(8, int(crop.width * s)), max(8, int(crop.height * s))))
+            buf = io.BytesIO()
+            crop.save(buf, "JPEG", quality=95 - n)
+            details.append(vc.IndexItem(f"detail-{frac}-{n}", buf.getvalue(), category="detail"))
+    assert all(r.ok for r in client.index(details))
+    box = [0.0, 0.0, w * 0.3, h * 0.3]
+    no_lookup = vc.search_pb2.SearchOptions(no_exact_lookup=True)
+    vector_only = client.search(image=photo, box=box, k=1, options=no_lookup)
+    # the case: the copy is not among the vector hits (its shard's top candidates are close-ups)
+    assert vector_only.hits[0].item_id != item_id and not vector_only.hits[0].exact_match
+    res = client.search(image=photo, box=box, k=1)
+    assert res.hits[0].item_id == item_id and res.hits[0].exact_match
+    # a filter still applies to the exact copy: excluded when it does not match
+    res = client.search(image=photo, box=box, k=1, filters=["category=detail"])
+    assert res.hits[0].item_id.startswith("detail-") and not res.hits[0].exact_match

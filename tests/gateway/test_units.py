@@ -120,6 +120,16 @@ def test_hedge_delay_is_recent_p95_when_enough_samples() -> None:
     assert w.hedge_delay(0.02, 0.005, 0.2, adaptive=False) == 0.02
 
 
+def test_shard_budget_is_a_little_above_recent_p99_within_bounds() -> None:
+    w = LatencyWindow(min_samples=20)
+    assert w.budget(1.5, 0.1, 1.0) == 1.0  # the cap until samples exist
+    for i in range(100):
+        w.add(0.001 * (i + 1))  # 1..100 ms: p99 = 100 ms
+    assert w.budget(1.5, 0.1, 1.0) == pytest.approx(0.15)
+    assert w.budget(1.5, 0.2, 1.0) == 0.2  # floor
+    assert w.budget(1.5, 0.1, 0.12) == 0.12  # cap
+
+
 # ---- re-rank -----------------------------------------------------------------------------------
 def cand(item: str, score: float, vec: np.ndarray | None = None, **md: object) -> Candidate:
     return Candidate.from_hit(hit(item, score, vec, **md), 0)

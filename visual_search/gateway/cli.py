@@ -31,11 +31,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="served model version (default: from Triton, else from the shards)")
     p.add_argument("--hedge-delay-ms", type=float, default=20.0)
     p.add_argument("--no-adaptive-hedge", action="store_true", help="always hedge after --hedge-delay-ms")
+    p.add_argument("--shard-budget-ms", type=float, default=0.0,
+                   help="per-shard time budget of a search; 0 = adaptive (factor x recent p99, "
+                   "within min..max)")
+    p.add_argument("--shard-budget-factor", type=float, default=1.5)
+    p.add_argument("--shard-budget-min-ms", type=float, default=100.0)
+    p.add_argument("--shard-budget-max-ms", type=float, default=1000.0, help="cap of the adaptive budget")
     p.add_argument("--default-deadline", type=float, default=5.0, help="seconds, when the caller sets none")
     p.add_argument("--boost-available", type=float, default=0.02)
     p.add_argument("--boost-region", type=float, default=0.02)
     p.add_argument("--dedup-threshold", type=float, default=0.95)
-    p.add_argument("--index-concurrency", type=int, default=4)
+    p.add_argument("--index-concurrency", type=int, default=16, help="IndexItems: items in flight per stream")
+    p.add_argument("--index-triton-concurrency", type=int, default=4,
+                   help="IndexItems: items on Triton at once (its dynamic batcher batches across them)")
+    p.add_argument("--index-upsert-batch", type=int, default=64,
+                   help="IndexItems: items per shard Upsert (group commit); 1 = one item per shard call")
     p.add_argument("--auth-token", default=env("VSEARCH_AUTH_TOKEN"),
                    help="require 'authorization: Bearer <token>' [env VSEARCH_AUTH_TOKEN]")
     p.add_argument("--tls-cert", default=env("VSEARCH_TLS_CERT"))
@@ -62,9 +72,12 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         shard_map=ShardMap.parse(args.shards), host=args.host, port=args.port, metrics_port=args.metrics_port,
         triton_url=args.triton or None, model_version=args.model_version or None,
         hedge_delay_ms=args.hedge_delay_ms, hedge_adaptive=not args.no_adaptive_hedge,
-        default_deadline_s=args.default_deadline, boost_available=args.boost_available,
+        default_deadline_s=args.default_deadline, shard_budget_ms=args.shard_budget_ms,
+        shard_budget_factor=args.shard_budget_factor, shard_budget_min_ms=args.shard_budget_min_ms,
+        shard_budget_max_ms=args.shard_budget_max_ms, boost_available=args.boost_available,
         boost_region=args.boost_region, dedup_threshold=args.dedup_threshold,
-        index_concurrency=args.index_concurrency, auth_token=args.auth_token or None,
+        index_concurrency=args.index_concurrency, index_triton_concurrency=args.index_triton_concurrency,
+        index_upsert_batch=args.index_upsert_batch, auth_token=args.auth_token or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,

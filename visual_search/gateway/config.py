@@ -70,6 +70,13 @@ class GatewayConfig:
     hedge_adaptive: bool = True
     hedge_min_ms: float = 5.0
     hedge_max_ms: float = 200.0
+    # Per-shard time budget of a search: a shard not answered by then is left out (partial=true).
+    # Adaptive by default: factor x the shard's recent p99, within [min, max]; max until enough
+    # samples. shard_budget_ms > 0 fixes it; a request may set its own (SearchOptions).
+    shard_budget_ms: float = 0.0
+    shard_budget_factor: float = 1.5
+    shard_budget_min_ms: float = 100.0
+    shard_budget_max_ms: float = 1000.0
     default_deadline_s: float = 5.0  # when the caller sets no deadline
     shard_margin_s: float = 0.01  # left for merge/re-rank when propagating the deadline to shards
     # Re-rank (R4/R5).
@@ -86,7 +93,11 @@ class GatewayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_message_bytes: int = 32 * 1024 * 1024
-    index_concurrency: int = 4
+    # Bulk ingest (IndexItems): items in flight per stream, of which at most this many on Triton,
+    # and items per shard Upsert (group commit; 1 = one item per shard call, the pre-batching path).
+    index_concurrency: int = 16
+    index_triton_concurrency: int = 4
+    index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
     # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.
     admin_host: str = "127.0.0.1"

@@ -78,6 +78,7 @@ class ReplicaSet:
         self.latency = LatencyWindow()
         self._next = random.randrange(len(addresses))
         self._bad_until = [0.0] * len(addresses)
+        self.late_call: asyncio.Future[Any] | None = None  # at most one over-budget search left running
 
     def order(self) -> list[int]:
         """Replica indexes to try: round-robin start, recently failed replicas last."""
@@ -90,6 +91,12 @@ class ReplicaSet:
 
     def mark_bad(self, i: int) -> None:
         self._bad_until[i] = time.monotonic() + _BAD_REPLICA_S
+
+    def late_call_done(self, task: asyncio.Future[Any]) -> None:
+        """A search that ran over its budget finished (its time was recorded by _call on success)."""
+        self.late_call = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure here was already counted by _call
 
 
 class ShardFanout:
@@ -161,15 +168,49 @@ class ShardFanout:
             self.metrics.hedges.labels(label, "won").inc()
         return out.value, out.hedges_sent
 
-    async def _search_one(
-        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float
-    ) -> tuple[shard_pb2.SearchResponse, int]:
-        resp, hedges = await self._call(rs, "Search", req, deadline, hedge=True)
-        return resp, hedges
+    def shard_budget(self, rs: ReplicaSet) -> float:
+        """Seconds a shard gets to answer a search (config: fixed, or adaptive from its p99)."""
+        cfg = self.cfg
+        if cfg.shard_budget_ms > 0:
+            return cfg.shard_budget_ms / 1e3
+        return rs.latency.budget(
+            cfg.shard_budget_factor, cfg.shard_budget_min_ms / 1e3, cfg.shard_budget_max_ms / 1e3
+        )
 
-    async def search(self, req: shard_pb2.SearchRequest, deadline: float) -> FanoutResult:
-        """Query every shard in parallel; missing shards are listed, not fatal (unless all miss)."""
-        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline)) for rs in self.shards]
+    async def _search_one(
+        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float, budget: float | None
+    ) -> tuple[shard_pb2.SearchResponse, int]:
+        t0 = time.monotonic()
+        budget = self.shard_budget(rs) if budget is None else budget
+        if t0 + budget >= deadline:
+            return await self._call(rs, "Search", req, deadline, hedge=True)
+        # The call itself may run up to the cap: if it is the shard's only late call, it is left
+        # to finish after the answer went out, so its time still enters the p99 (a shard that got
+        # slower raises its own budget; a stalled one never answers and changes nothing).
+        call_deadline = min(deadline, t0 + max(budget, self.cfg.shard_budget_max_ms / 1e3))
+        task = asyncio.ensure_future(self._call(rs, "Search", req, call_deadline, hedge=True))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=budget)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        if rs.late_call is None:
+            rs.late_call = task
+            task.add_done_callback(rs.late_call_done)
+        else:
+            task.cancel()
+        raise ShardOverBudget(rs.shard_id, budget)
+
+    async def search(
+        self, req: shard_pb2.SearchRequest, deadline: float, budget: float | None = None
+    ) -> FanoutResult:
+        """Query every shard in parallel, each within its time budget (`budget` seconds, else the
+        shard's own, see shard_budget) and the deadline; a shard that errs or runs over is listed
+        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer
+        than its budget."""
+        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline, budget)) for rs in self.shards]
         result = FanoutResult()
         try:
             await asyncio.wait(tasks)
@@ -236,6 +277,14 @@ class ShardFanout:
                 return None
 
         return list(await asyncio.gather(*(one(rs) for rs in self.shards)))
+
+
+class ShardOverBudget(Exception):
+    """A shard did not answer a search within its time budget (it is left out of the answer)."""
+
+    def __init__(self, shard_id: int, budget: float) -> None:
+        super().__init__(f"shard {shard_id}: no answer within its {budget * 1e3:.0f} ms budget")
+        self.shard_id = shard_id
 
 
 class ShardUnavailable(Exception):

@@ -166,6 +166,9 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
     async def DeleteItems(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._unary("DeleteItems", request, context)
 
+    async def UpdateMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary("UpdateMetadata", request, context)
+
     async def IndexItems(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:

@@ -92,11 +92,20 @@ class LatencyWindow:
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
 
-    def p95(self) -> float | None:
+    def quantile(self, q: float) -> float | None:
         if len(self._samples) < self.min_samples:
             return None
         s = sorted(self._samples)
-        return s[min(len(s) - 1, int(0.95 * len(s)))]
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    def p95(self) -> float | None:
+        return self.quantile(0.95)
+
+    def budget(self, factor: float, lo: float, hi: float) -> float:
+        """Per-shard time budget: `factor` x the recent p99, within [lo, hi]; `hi` until enough
+        samples exist."""
+        p = self.quantile(0.99)
+        return hi if p is None else min(hi, max(lo, factor * p))
 
     def hedge_delay(self, default: float, lo: float, hi: float, adaptive: bool = True) -> float:
         p = self.p95() if adaptive else None

@@ -26,6 +26,7 @@ from visual_search.gateway.merge import Candidate, merge_topk
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.query import resolve
 from visual_search.gateway.rerank import RerankParams, rerank
+from visual_search.gateway.writes import item_results, write_by_owner
 from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self.embedder = embedder
         self.metrics = metrics
         self.model_version = model_version
-        self.indexer = Indexer(embedder, fanout, model_version)
+        self.indexer = Indexer(
+            embedder, fanout, model_version, cfg.index_triton_concurrency, cfg.index_upsert_batch
+        )
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -151,8 +154,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             k=k_shard, nprobe=opts.nprobe, rescore_k=opts.rescore_k, filter=request.filter,
             model_version=self.model_version, exact=opts.exact, include_vectors=collapse,
         )
+        if rq.query_phash and not opts.no_exact_lookup:  # hash-first: exact copies even outside the hits
+            shard_req.phash, shard_req.phash_max_distance = rq.query_phash, self.cfg.phash_max_distance
         t1 = time.monotonic()
-        fan = await self.fanout.search(shard_req, deadline - self.cfg.shard_margin_s)
+        budget = opts.shard_budget_ms / 1e3 if opts.shard_budget_ms else None
+        fan = await self.fanout.search(shard_req, deadline - self.cfg.shard_margin_s, budget)
         fanout_s = time.monotonic() - t1
         self.metrics.stage_seconds.labels("fanout").observe(fanout_s)
         if not fan.responses:
@@ -175,7 +181,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         merge_s = 0.0
         for qi, spec in enumerate(rq.specs):
             tm = time.monotonic()
-            per_shard = [(sid, r.results[qi].hits) for sid, r in fan.responses.items() if qi < len(r.results)]
+            per_shard = [
+                (sid, [*r.results[qi].hits, *r.results[qi].exact_hits])
+                for sid, r in fan.responses.items()
+                if qi < len(r.results)
+            ]
             cands = merge_topk(per_shard, 10**9)
             if rq.exclude_item and not opts.include_self:
                 cands = [c for c in cands if c.item_id != rq.exclude_item]
@@ -208,32 +218,44 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
     async def IndexItems(
         self, request_iterator: AsyncIterator[search_pb2.IndexItemRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[search_pb2.IndexItemResult]:
-        """Index items concurrently (bounded); stream each result as soon as it is known."""
+        """Index items concurrently (bounded); stream each result as soon as it is known, tagged with
+        its request's position in the stream. Items with the same id are written in stream order
+        (each waits for the previous version's write), so the last one sent wins."""
         results: asyncio.Queue[search_pb2.IndexItemResult | None] = asyncio.Queue()
         sem = asyncio.Semaphore(self.cfg.index_concurrency)
+        latest: dict[str, asyncio.Event] = {}  # item id -> set when its latest queued version is done
 
-        async def one(req: search_pb2.IndexItemRequest) -> None:
+        async def one(index: int, req: search_pb2.IndexItemRequest, prev: asyncio.Event | None,
+                      mine: asyncio.Event) -> None:
             # each item gets the configured budget, capped by what is left of the stream's deadline
             remaining = context.time_remaining()
             timeout = self.cfg.index_item_timeout_s
             if remaining is not None:
                 timeout = min(timeout, remaining)
             try:
-                res = await self.indexer.index(req, timeout)
+                res = await self.indexer.index(req, timeout, prev.wait if prev is not None else None)
             except Exception as e:  # a bug must not kill the stream: report it for this item
                 log.exception("indexing %r failed", req.item_id)
                 res = search_pb2.IndexItemResult(item_id=req.item_id, error_code="INTERNAL", error=repr(e))
             finally:
+                mine.set()
+                if latest.get(req.item_id) is mine:
+                    del latest[req.item_id]
                 sem.release()
+            res.request_index = index
             self.metrics.indexed_items.labels("ok" if res.ok else res.error_code).inc()
             await results.put(res)
 
         async def pump() -> None:
             tasks: list[asyncio.Task[None]] = []
             try:
+                index = 0
                 async for req in request_iterator:
                     await sem.acquire()
-                    tasks.append(asyncio.create_task(one(req)))
+                    mine = asyncio.Event()
+                    prev, latest[req.item_id] = latest.get(req.item_id), mine
+                    tasks.append(asyncio.create_task(one(index, req, prev, mine)))
+                    index += 1
                 if tasks:
                     await asyncio.gather(*tasks)
             finally:
@@ -251,19 +273,37 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
     async def DeleteItems(
         self, request: search_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DeleteItemsResponse:
-        for item_id in request.item_ids:
-            V.check_item_id(item_id)
-        deadline = self._deadline(context)
-        by_shard: dict[int, list[str]] = {}
-        for item_id in dict.fromkeys(request.item_ids):
-            by_shard.setdefault(self.fanout.owner(item_id).shard_id, []).append(item_id)
-        calls = [
-            self.fanout.write(s, "Delete", shard_pb2.DeleteRequest(item_ids=ids_), deadline)
-            for s, ids_ in by_shard.items()
-        ]
-        resp = search_pb2.DeleteItemsResponse()
-        for replica_resps in await asyncio.gather(*calls):
-            first = replica_resps[0]
-            resp.deleted += first.deleted
-            resp.not_found.extend(first.not_found)
+        """Validated whole before any shard is touched; per-item results if a shard fails."""
+        V.check_delete_ids(request.item_ids)
+        item_ids = list(dict.fromkeys(request.item_ids))
+        outcomes = await write_by_owner(
+            self.fanout, item_ids, "Delete",
+            lambda pos: shard_pb2.DeleteRequest(item_ids=[item_ids[p] for p in pos]), self._deadline(context),
+        )
+        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        results, failed = item_results(item_ids, outcomes, not_found)
+        resp = search_pb2.DeleteItemsResponse(results=results, failed_shards=failed)
+        resp.deleted = sum(o.response.deleted for o in outcomes if o.response is not None)
+        resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
+        return resp
+
+    @api_method("UpdateMetadata")
+    async def UpdateMetadata(
+        self, request: search_pb2.UpdateItemsMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.UpdateItemsMetadataResponse:
+        """Metadata-only patches routed to the owning shards (vectors untouched); validated whole
+        first; per-item results (applied / NOT_FOUND / the failure of the item's shard)."""
+        V.check_patches(request.patches)
+        patches = request.patches
+        item_ids = [p.item_id for p in patches]
+        outcomes = await write_by_owner(
+            self.fanout, item_ids, "UpdateMetadata",
+            lambda pos: shard_pb2.UpdateMetadataRequest(patches=[patches[p] for p in pos]),
+            self._deadline(context),
+        )
+        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        results, failed = item_results(item_ids, outcomes, not_found)
+        resp = search_pb2.UpdateItemsMetadataResponse(results=results, failed_shards=failed)
+        resp.updated = sum(o.response.updated for o in outcomes if o.response is not None)
+        resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
         return resp

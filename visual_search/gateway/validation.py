@@ -3,6 +3,8 @@ before anything is sent to Triton or a shard (R21)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from grpc import StatusCode
 
@@ -87,5 +89,21 @@ def decode_query_vector(q: search_pb2.VectorQuery, served_version: str) -> np.nd
         )
     try:
         return shard_validation.decode_vector(q.vector_f16, q.vector_f32, "vector")
+    except shard_validation.ValidationError as e:
+        raise invalid(str(e)) from None
+
+
+def check_patches(patches: Sequence[shard_pb2.MetadataPatch]) -> None:
+    """A whole UpdateMetadata request, before any shard is touched (the shards' own rules)."""
+    try:
+        shard_validation.check_patches(patches)
+    except shard_validation.ValidationError as e:
+        raise invalid(str(e)) from None
+
+
+def check_delete_ids(item_ids: Sequence[str]) -> None:
+    """A whole DeleteItems request (count, every id), before any shard is touched."""
+    try:
+        shard_validation.check_delete_ids(item_ids)
     except shard_validation.ValidationError as e:
         raise invalid(str(e)) from None

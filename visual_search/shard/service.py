@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from visual_search import contract
 from visual_search.shard.engine import DeadlineExceeded, ShardEngine
 from visual_search.shard.filters import compile_filter
 from visual_search.shard.metrics import ShardMetrics
@@ -92,6 +93,15 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
             include_vectors=request.include_vectors,
             deadline=_deadline_check(context),
         )
+        if request.phash > 0 and request.phash_max_distance > contract.MAX_PHASH_DISTANCE:
+            raise ValidationError(
+                f"phash_max_distance={request.phash_max_distance} exceeds {contract.MAX_PHASH_DISTANCE}"
+            )
+        exact_hits = (
+            eng.exact_lookup(queries, request.phash, request.phash_max_distance, flt, contract.MAX_PHASH_HITS)
+            if request.phash
+            else [[] for _ in results]
+        )
         m = self.metrics
         m.search_seconds.labels(m.shard).observe(t.ann_s + t.rescore_s + t.filter_s)
         m.stage.labels(m.shard, "ann").observe(t.ann_s)
@@ -104,17 +114,18 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
             rescore_us=int(t.rescore_s * 1e6),
             filter_us=int(t.filter_s * 1e6),
         )
-        for hits in results:
+        for hits, exact in zip(results, exact_hits, strict=True):
             res = resp.results.add()
-            for h in hits:
-                res.hits.add(
-                    item_id=h.item_id,
-                    entry_id=h.entry_id,
-                    score=h.score,
-                    metadata=h.metadata,
-                    box=h.box,
-                    vector_f16=h.vector_f16,
-                )
+            for out, found in ((res.hits, hits), (res.exact_hits, exact)):
+                for h in found:
+                    out.add(
+                        item_id=h.item_id,
+                        entry_id=h.entry_id,
+                        score=h.score,
+                        metadata=h.metadata,
+                        box=h.box,
+                        vector_f16=h.vector_f16,
+                    )
         return resp
 
     @_rpc("Upsert")
@@ -154,6 +165,16 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
         check_id_list(request.item_ids, "item_ids")
         deleted, not_found, seq = self.engine.delete(list(request.item_ids))
         return shard_pb2.DeleteResponse(deleted=deleted, not_found=not_found, wal_sequence=seq)
+
+    @_rpc("UpdateMetadata")
+    def UpdateMetadata(
+        self, request: shard_pb2.UpdateMetadataRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.UpdateMetadataResponse:
+        """Write: metadata-only patches, all-or-nothing per request, WAL-durable before the answer."""
+        if _deadline_check(context)():
+            raise DeadlineExceeded("deadline exceeded before the write; nothing was written")
+        updated, not_found, seq = self.engine.update_metadata(request.patches)
+        return shard_pb2.UpdateMetadataResponse(updated=updated, not_found=not_found, wal_sequence=seq)
 
     @_rpc("Get")
     def Get(self, request: shard_pb2.GetRequest, context: grpc.ServicerContext) -> shard_pb2.GetResponse:

@@ -156,3 +156,76 @@ def check_id_list(item_ids: Sequence[str], what: str) -> None:
     for i, item_id in enumerate(item_ids):
         if not item_id:
             raise ValidationError(f"{what}[{i}] is empty")
+
+
+def check_id(item_id: str, what: str) -> None:
+    if not item_id:
+        raise ValidationError(f"{what}: item_id is empty")
+    if len(item_id.encode("utf-8")) > ids.MAX_ITEM_ID_BYTES:
+        raise ValidationError(f"{what}: item_id longer than {ids.MAX_ITEM_ID_BYTES} bytes")
+
+
+def check_patches(patches: Sequence[shard_pb2.MetadataPatch]) -> None:
+    """A whole UpdateMetadata request (count, ids, each patch's fields), before anything is written.
+    The merged result (e.g. the attribute count) is checked again against the stored item."""
+    if not patches:
+        raise ValidationError(f"patches is empty (send 1..{contract.MAX_UPSERT_BATCH} patches)")
+    if len(patches) > contract.MAX_UPSERT_BATCH:
+        raise ValidationError(f"{len(patches)} patches exceed MAX_UPSERT_BATCH={contract.MAX_UPSERT_BATCH}")
+    seen: set[str] = set()
+    for i, p in enumerate(patches):
+        what = f"patches[{i}]"
+        check_id(p.item_id, what)
+        if p.item_id in seen:
+            raise ValidationError(f"{what}: duplicate item_id {p.item_id!r} in one request")
+        seen.add(p.item_id)
+        what = f"{what} ({p.item_id!r})"
+        fields = ("category", "price", "available", "region")
+        if not (any(p.HasField(f) for f in fields) or p.attributes or p.remove_attributes
+                or p.replace_attributes):
+            raise ValidationError(f"{what}: changes nothing (set a field, attributes or remove_attributes)")
+        if p.HasField("price") and not math.isfinite(p.price):
+            raise ValidationError(f"{what}.price must be finite, got {p.price}")
+        _check_string(p.category, f"{what}.category")
+        _check_string(p.region, f"{what}.region")
+        if p.replace_attributes and p.remove_attributes:
+            raise ValidationError(f"{what}: remove_attributes has no meaning with replace_attributes")
+        if len(p.attributes) > MAX_ATTRIBUTES or len(p.remove_attributes) > MAX_ATTRIBUTES:
+            raise ValidationError(f"{what}: more than {MAX_ATTRIBUTES} attributes")
+        for key, value in p.attributes.items():
+            if not key:
+                raise ValidationError(f"{what}: empty attribute name")
+            _check_string(key, f"{what}.attributes key")
+            _check_string(value, f"{what}.attributes[{key!r}]")
+            if key in p.remove_attributes:
+                raise ValidationError(f"{what}: attribute {key!r} is both set and removed")
+        for key in p.remove_attributes:
+            _check_string(key, f"{what}.remove_attributes")
+
+
+def apply_patch(md: shard_pb2.ItemMetadata, p: shard_pb2.MetadataPatch, what: str) -> shard_pb2.ItemMetadata:
+    """A new ItemMetadata = md with the patch applied (md is not modified); phash is kept."""
+    out = shard_pb2.ItemMetadata()
+    out.CopyFrom(md)
+    for f in ("category", "price", "available", "region"):
+        if p.HasField(f):
+            setattr(out, f, getattr(p, f))
+    if p.replace_attributes:
+        out.ClearField("attributes")
+    for key in p.remove_attributes:
+        out.attributes.pop(key, None)
+    out.attributes.update(p.attributes)
+    if len(out.attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(f"{what}: the patched item would have {len(out.attributes)} attributes "
+                              f"(at most {MAX_ATTRIBUTES})")
+    return out
+
+
+def check_delete_ids(item_ids: Sequence[str]) -> None:
+    """A whole DeleteItems request: count and every id, before any shard is touched."""
+    if not item_ids:
+        raise ValidationError("item_ids is empty")
+    if len(item_ids) > contract.MAX_UPSERT_BATCH:
+        raise ValidationError(f"{len(item_ids)} item_ids exceed the batch limit {contract.MAX_UPSERT_BATCH}")
+    for i, item_id in enumerate(item_ids):
+        check_id(item_id, f"item_ids[{i}]")

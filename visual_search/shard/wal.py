@@ -19,6 +19,7 @@ _HEADER = struct.Struct("<IIQB")
 MAX_RECORD = 256 * 1024 * 1024
 OP_UPSERT = 1
 OP_DELETE = 2
+OP_METADATA = 3  # UpdateMetadataRequest: metadata-only patches (vectors untouched)
 
 
 class WalCorrupt(RuntimeError):
