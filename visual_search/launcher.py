@@ -86,8 +86,8 @@ class Stack:
             with TritonClient(self.triton.grpc_url) as tc:
                 self.model_version = tc.encoder_version()
             for s in range(self.opts.shards):
-                for r in range(self.opts.replicas):
-                    sp = ShardProcess(
+                group = [
+                    ShardProcess(
                         run / f"shard{s}-{r}",
                         shard_id=s,
                         model_version=self.model_version,
@@ -95,6 +95,11 @@ class Stack:
                         log_path=run / f"shard{s}-{r}.log",
                         extra_args=self.opts.shard_args,
                     )
+                    for r in range(self.opts.replicas)
+                ]
+                for sp in group:  # replicas catch up from each other (shard/README.md "Replicas")
+                    if len(group) > 1:
+                        sp.extra_args += ["--peers", ",".join(o.address for o in group if o is not sp)]
                     self.shards.append(sp.start(wait=False))
             for sp in self.shards:
                 wait_healthy(sp.address, 120, sp.proc)

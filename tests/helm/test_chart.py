@@ -332,10 +332,18 @@ def test_network_policies_only_gateway_reaches_shards_and_triton() -> None:
     docs = render("default-values.yaml")
     policies = {d["metadata"]["name"]: d for d in of_kind(docs, "NetworkPolicy")}
     gateway_labels = one(docs, "Deployment", "-gateway")["spec"]["selector"]["matchLabels"]
-    for name, port in (("vs-visual-search-shards", 50061), ("vs-visual-search-triton", 8001)):
+    shard_labels = {  # replicas pull from their peers
+        k: v
+        for k, v in one(docs, "StatefulSet", "-shard-0")["spec"]["selector"]["matchLabels"].items()
+        if k != "visual-search.io/shard"
+    }
+    for name, port, callers in (
+        ("vs-visual-search-shards", 50061, [gateway_labels, shard_labels]),
+        ("vs-visual-search-triton", 8001, [gateway_labels]),
+    ):
         rules = policies[name]["spec"]["ingress"]
         api_rule = next(r for r in rules if any(p["port"] == port for p in r["ports"]))
-        assert api_rule["from"] == [{"podSelector": {"matchLabels": gateway_labels}}]
+        assert api_rule["from"] == [{"podSelector": {"matchLabels": c}} for c in callers]
         metrics_rule = next(r for r in rules if r is not api_rule)
         assert "namespaceSelector" in metrics_rule["from"][0]
     assert of_kind(render("monitoring-disabled-values.yaml"), "NetworkPolicy") == []
@@ -440,3 +448,18 @@ def test_inconsistent_values_fail_with_clear_message(sets: tuple[str, ...], mess
     proc = manifests.helm_template([], sets, namespace=NS)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_shard_replicas_get_their_peers_and_probe_the_process() -> None:
+    docs = render("default-values.yaml")
+    sts = one(docs, "StatefulSet", "-shard-1")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    peers = container["args"][container["args"].index("--peers") + 1].split(",")
+    assert len(peers) == sts["spec"]["replicas"] == 2
+    assert all(p.startswith("vs-visual-search-shard-1-") for p in peers)
+    # liveness/startup must not kill a replica that is up but still catching up (not ready)
+    assert container["startupProbe"]["grpc"]["service"] == "process"
+    assert container["livenessProbe"]["grpc"]["service"] == "process"
+    assert "service" not in container["readinessProbe"]["grpc"]
+    svc = one(docs, "Service", "-shard-1")
+    assert svc["spec"]["publishNotReadyAddresses"] is True  # catching-up replicas reach each other

@@ -81,7 +81,7 @@ def test_replace_and_delete_take_effect_immediately(eng: ShardEngine) -> None:
     assert "item-5" not in top_ids(eng, vecs[5], 3)
     got, _ = eng.get(["item-5"], include_vectors=False)
     assert got[0].metadata.category == "bags" and len(got[0].entries) == 1
-    deleted, not_found, _ = eng.delete(["item-5", "nope"])
+    deleted, not_found, _, _ = eng.delete(["item-5", "nope"])
     assert (deleted, not_found) == (1, ["nope"])
     assert "item-5" not in top_ids(eng, new, 10)
     assert eng.stats()["items"] == 199

@@ -25,8 +25,10 @@ from visual_search import ids
 from visual_search.gateway import validation as V
 from visual_search.gateway.config import ShardMap
 from visual_search.gateway.embedder import TritonEmbedder
+from visual_search.gateway.fanout import stamp_versions
 from visual_search.gateway.ingest import build_item
 from visual_search.gateway.phash import phash
+from visual_search.shard.versions import HybridClock
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
 
@@ -51,6 +53,7 @@ class _Shards:
         self.map = ShardMap.parse(spec)
         self.channels = [[grpc.aio.insecure_channel(a) for a in r] for r in self.map.shards]
         self.stubs = [[shard_pb2_grpc.SearchShardStub(c) for c in r] for r in self.channels]
+        self.clock = HybridClock()  # one version per write for all replicas (shard/README "Replicas")
 
     async def get(self, item_ids: Sequence[str]) -> dict[str, shard_pb2.StoredItem]:
         by_shard: dict[int, list[str]] = {}
@@ -64,6 +67,7 @@ class _Shards:
 
     async def upsert(self, shard: int, items: list[shard_pb2.Item], version: str) -> None:
         req = shard_pb2.UpsertRequest(items=items, model_version=version)
+        req = stamp_versions("Upsert", req, self.clock)
         await asyncio.gather(*(stub.Upsert(req, timeout=120) for stub in self.stubs[shard]))
 
     async def close(self) -> None:

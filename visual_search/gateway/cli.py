@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="IndexItems: items on Triton at once (its dynamic batcher batches across them)")
     p.add_argument("--index-upsert-batch", type=int, default=64,
                    help="IndexItems: items per shard Upsert (group commit); 1 = one item per shard call")
+    p.add_argument("--write-quorum", default=env("VSEARCH_WRITE_QUORUM") or "majority",
+                   choices=("all", "majority", "one"),
+                   help="replicas of a shard that must apply a write before it is acknowledged; fewer "
+                   "than all is reported and repaired by the shards (default majority) [env]")
     p.add_argument("--auth-token", default=env("VSEARCH_AUTH_TOKEN"),
                    help="require 'authorization: Bearer <token>' [env VSEARCH_AUTH_TOKEN]")
     p.add_argument("--tls-cert", default=env("VSEARCH_TLS_CERT"))
@@ -77,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         shard_budget_max_ms=args.shard_budget_max_ms, boost_available=args.boost_available,
         boost_region=args.boost_region, dedup_threshold=args.dedup_threshold,
         index_concurrency=args.index_concurrency, index_triton_concurrency=args.index_triton_concurrency,
-        index_upsert_batch=args.index_upsert_batch, auth_token=args.auth_token or None,
+        index_upsert_batch=args.index_upsert_batch, write_quorum=args.write_quorum,
+        auth_token=args.auth_token or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,

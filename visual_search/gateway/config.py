@@ -49,6 +49,16 @@ class ShardMap:
         return ";".join(",".join(r) for r in self.shards)
 
 
+# How many replicas of a shard must apply a write before the gateway acknowledges it:
+#   all       every replica (a replica down blocks writes to its shard)
+#   majority  more than half (default): an acknowledged write survives the loss of any minority of
+#             replicas, and writes go on while a minority is down; R=2 needs both, R=3 two
+#   one       any single replica (fastest; an acknowledged write can be lost with that replica)
+# A write applied on fewer than all replicas is reported to the caller (replicas_written <
+# replicas) and reaches the others through the shards' repair (shard/README.md "Replicas").
+WRITE_QUORUMS = ("all", "majority", "one")
+
+
 def _env_float(name: str, default: float) -> float:
     v = os.environ.get(name)
     return float(v) if v else default
@@ -99,12 +109,18 @@ class GatewayConfig:
     index_triton_concurrency: int = 4
     index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
+    write_quorum: str = "majority"  # WRITE_QUORUMS
+    write_grace_s: float = 0.5  # after the quorum answered, how long the other replicas get
     # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.write_quorum not in WRITE_QUORUMS:
+            raise ValueError(f"write quorum {self.write_quorum!r}: choose one of {', '.join(WRITE_QUORUMS)}")
 
     @classmethod
     def from_env_defaults(cls, shard_map: ShardMap) -> GatewayConfig:

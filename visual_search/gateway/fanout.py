@@ -3,7 +3,9 @@
 Every query goes to every shard in parallel; within a shard the replicas are hedged (hedging.py).
 A shard that errors or misses the deadline is reported missing and the query answers from the
 others with partial=true; only when no shard answers is the query failed (UNAVAILABLE). Writes
-go to every replica of the item's owning shard (ids.shard_for).
+go to every replica of the item's owning shard (ids.shard_for), stamped with a last-write-wins
+version; a write is acknowledged once `write_quorum` replicas applied it (config.py), and the
+outcome says when fewer than all did (the shards' repair copies it to the others).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from visual_search import ids
 from visual_search.gateway.config import GatewayConfig
 from visual_search.gateway.hedging import AllAttemptsFailed, LatencyWindow, hedged
 from visual_search.gateway.metrics import GatewayMetrics
+from visual_search.shard.versions import HybridClock
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
 # Replica failures worth trying another replica for; anything else is the request's fault.
@@ -57,6 +60,37 @@ class ShardCallError(Exception):
         super().__init__(f"shard {shard_id}: {exc.details()}")
         self.code = exc.code()
         self.details = exc.details() or ""
+
+
+@dataclass
+class WriteOutcome:
+    """A write acknowledged by at least the quorum of one shard's replicas."""
+
+    responses: list[Any]  # of the replicas that applied it
+    replicas: int  # replicas of the shard
+    failed: dict[str, str] = field(default_factory=dict)  # replica address -> why not (yet)
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.responses) < self.replicas
+
+
+def stamp_versions(method: str, req: Any, clock: HybridClock) -> Any:
+    """A copy of an Upsert/Delete/UpdateMetadata request with a version on every write that has
+    none: one version for all replicas, so they agree on which write of an item is the last."""
+    out = type(req)()
+    out.CopyFrom(req)
+    if method in ("Delete", "UpdateMetadata"):
+        out.version = out.version or clock.now()
+    else:
+        for item in out.items:
+            item.version = item.version or clock.now()
+    return out
+
+
+def quorum_size(policy: str, replicas: int) -> int:
+    """Replicas that must apply a write before it is acknowledged (config.WRITE_QUORUMS)."""
+    return {"all": replicas, "majority": replicas // 2 + 1, "one": 1}[policy]
 
 
 @dataclass
@@ -108,6 +142,7 @@ class ShardFanout:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
         ]
         self.shards = [ReplicaSet(i, addrs, opts) for i, addrs in enumerate(cfg.shard_map.shards)]
+        self.clock = HybridClock()  # versions of the writes this gateway sends
 
     @property
     def num_shards(self) -> int:
@@ -246,9 +281,14 @@ class ShardFanout:
             raise ShardCallError(rs.shard_id, e) from e
         return resp  # type: ignore[no-any-return]
 
-    async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> list[Any]:
-        """Send a write to every replica of a shard; raises if any replica failed (caller reports)."""
+    async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> WriteOutcome:
+        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once the write
+        quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
+        Raises ShardCallError when a replica refuses the request itself, ShardUnavailable below
+        the quorum (a replica that did apply it passes it on through repair; a retry supersedes)."""
         rs = self.shards[shard_id]
+        req = stamp_versions(method, req, self.clock)
+        need = quorum_size(self.cfg.write_quorum, len(rs.stubs))
 
         async def one(i: int) -> Any:
             timeout = max(0.001, deadline - time.monotonic())
@@ -258,15 +298,43 @@ class ShardFanout:
                 self._record_failure(rs, i, exc)
                 raise
 
-        results = await asyncio.gather(*(one(i) for i in range(len(rs.stubs))), return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, grpc.aio.AioRpcError):
-                if not _retryable(r):
-                    raise ShardCallError(rs.shard_id, r)
-                raise ShardUnavailable(rs.shard_id, r, replica=rs.addresses[i])
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
+        tasks = {asyncio.ensure_future(one(i)): i for i in range(len(rs.stubs))}
+        ok: dict[int, Any] = {}
+        failed: dict[int, BaseException] = {}
+        pending = set(tasks)
+        grace_until: float | None = None
+        try:
+            while pending:
+                limit = deadline if grace_until is None else min(deadline, grace_until)
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, limit - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # out of time (deadline, or the grace after the quorum)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        ok[tasks[task]] = task.result()
+                    else:
+                        failed[tasks[task]] = exc
+                if len(ok) >= need and grace_until is None:
+                    grace_until = time.monotonic() + self.cfg.write_grace_s
+        finally:
+            for task in pending:
+                task.cancel()
+        for exc in failed.values():
+            if isinstance(exc, grpc.aio.AioRpcError) and not _retryable(exc):
+                raise ShardCallError(rs.shard_id, exc)
+        why = {rs.addresses[i]: _describe(e) for i, e in failed.items()}
+        why.update({rs.addresses[tasks[t]]: "no answer in time" for t in pending})
+        if len(ok) < need:
+            self.metrics.writes.labels(str(rs.shard_id), "below_quorum").inc()
+            raise ShardUnavailable(
+                rs.shard_id,
+                WriteBelowQuorum(len(ok), len(rs.stubs), need, self.cfg.write_quorum, why),
+            )
+        self.metrics.writes.labels(str(rs.shard_id), "all" if len(ok) == len(rs.stubs) else "quorum").inc()
+        return WriteOutcome([ok[i] for i in sorted(ok)], len(rs.stubs), why)
 
     async def stats(self, deadline: float) -> list[shard_pb2.StatsResponse | None]:
         async def one(rs: ReplicaSet) -> shard_pb2.StatsResponse | None:
@@ -294,6 +362,15 @@ class ShardUnavailable(Exception):
         where = f"shard {shard_id}" + (f" replica {replica}" if replica else "")
         super().__init__(f"{where} unavailable: {_describe(cause)}")
         self.shard_id = shard_id
+
+
+class WriteBelowQuorum(Exception):
+    def __init__(self, applied: int, replicas: int, need: int, policy: str, why: dict[str, str]) -> None:
+        detail = "; ".join(f"{a}: {w}" for a, w in sorted(why.items()))
+        super().__init__(
+            f"write applied on {applied} of {replicas} replicas, below the write quorum "
+            f"({policy} = {need}); not acknowledged: retry it ({detail})"
+        )
 
 
 def _describe(exc: BaseException) -> str:

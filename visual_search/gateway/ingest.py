@@ -26,7 +26,7 @@ import numpy as np
 from visual_search import ids
 from visual_search.gateway import validation as V
 from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
-from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
+from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable, WriteOutcome
 from visual_search.gateway.phash import phash
 from visual_search.v1 import search_pb2, shard_pb2
 
@@ -61,7 +61,7 @@ def build_item(
 class _Pending:
     item: shard_pb2.Item
     deadline: float
-    done: asyncio.Future[None]
+    done: asyncio.Future[WriteOutcome]
 
 
 class ShardWriter:
@@ -76,13 +76,13 @@ class ShardWriter:
         self._queued: dict[int, list[_Pending]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
 
-    async def write(self, shard: int, item: shard_pb2.Item, deadline: float) -> None:
-        """Durable (every replica) when it returns; raises as ShardFanout.write does."""
+    async def write(self, shard: int, item: shard_pb2.Item, deadline: float) -> WriteOutcome:
+        """Durable (on the write quorum) when it returns; raises as ShardFanout.write does."""
         p = _Pending(item, deadline, asyncio.get_running_loop().create_future())
         self._queued.setdefault(shard, []).append(p)
         if shard not in self._flushers:
             self._flushers[shard] = asyncio.create_task(self._flush(shard))
-        await p.done
+        return await p.done
 
     async def _flush(self, shard: int) -> None:
         try:
@@ -98,7 +98,7 @@ class ShardWriter:
         deadline = min(p.deadline for p in group)
         req = shard_pb2.UpsertRequest(items=[p.item for p in group], model_version=self.model_version)
         try:
-            await self.fanout.write(shard, "Upsert", req, deadline)
+            wrote = await self.fanout.write(shard, "Upsert", req, deadline)
         except ShardCallError as e:
             if len(group) > 1 and e.code == grpc.StatusCode.INVALID_ARGUMENT:
                 for p in group:  # find the one bad item; the others are written on their own
@@ -110,7 +110,7 @@ class ShardWriter:
         else:
             for p in group:
                 if not p.done.done():
-                    p.done.set_result(None)
+                    p.done.set_result(wrote)
 
     @staticmethod
     def _fail(group: list[_Pending], e: BaseException) -> None:
@@ -155,8 +155,9 @@ class Indexer:
             shard = ids.shard_for(req.item_id, self.fanout.num_shards)
             if after is not None:
                 await asyncio.wait_for(after(), max(0.0, deadline - time.monotonic()))
-            await self.writer.write(shard, item, deadline)  # the shard calls carry the deadline
+            wrote = await self.writer.write(shard, item, deadline)  # the shard calls carry the deadline
             res.ok, res.entries, res.shard_id = True, len(item.entries), shard
+            res.replicas_written, res.replicas = len(wrote.responses), wrote.replicas
         except V.ApiError as e:
             res.error_code, res.error = e.code.name, e.message
         except InferenceError as e:

@@ -61,6 +61,12 @@ class GatewayMetrics:
             ["shard", "reason"],
             registry=r,
         )
+        self.writes = Counter(
+            "vsearch_gateway_shard_writes",
+            "Writes per shard by replicas applied: outcome=all|quorum (acked, under-replicated)|below_quorum",
+            ["shard", "outcome"],
+            registry=r,
+        )
         self.partial_results = Counter(
             "vsearch_gateway_partial_results", "Search responses flagged partial", registry=r
         )

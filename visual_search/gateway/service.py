@@ -26,7 +26,7 @@ from visual_search.gateway.merge import Candidate, merge_topk
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.query import resolve
 from visual_search.gateway.rerank import RerankParams, rerank
-from visual_search.gateway.writes import item_results, write_by_owner
+from visual_search.gateway.writes import item_results, under_replicated, write_by_owner
 from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
@@ -280,11 +280,12 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             self.fanout, item_ids, "Delete",
             lambda pos: shard_pb2.DeleteRequest(item_ids=[item_ids[p] for p in pos]), self._deadline(context),
         )
-        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        not_found = {i for o in outcomes for i in o.not_found}
         results, failed = item_results(item_ids, outcomes, not_found)
         resp = search_pb2.DeleteItemsResponse(results=results, failed_shards=failed)
         resp.deleted = sum(o.response.deleted for o in outcomes if o.response is not None)
         resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
+        resp.under_replicated.extend(under_replicated(item_ids, outcomes, not_found))
         return resp
 
     @api_method("UpdateMetadata")
@@ -301,9 +302,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             lambda pos: shard_pb2.UpdateMetadataRequest(patches=[patches[p] for p in pos]),
             self._deadline(context),
         )
-        not_found = {i for o in outcomes if o.response is not None for i in o.response.not_found}
+        not_found = {i for o in outcomes for i in o.not_found}
         results, failed = item_results(item_ids, outcomes, not_found)
         resp = search_pb2.UpdateItemsMetadataResponse(results=results, failed_shards=failed)
         resp.updated = sum(o.response.updated for o in outcomes if o.response is not None)
         resp.not_found.extend(r.item_id for r in results if r.error_code == "NOT_FOUND")
+        resp.under_replicated.extend(under_replicated(item_ids, outcomes, not_found))
         return resp

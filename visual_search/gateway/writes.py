@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 class ShardOutcome:
     shard_id: int
     positions: list[int]  # indexes into the request's item list
-    response: Any | None = None  # the first replica's answer when every replica applied it
+    response: Any | None = None  # the first replica's answer when the write quorum applied it
+    under_replicated: bool = False  # applied on the quorum, not (yet) on every replica
+    not_found: set[str] = field(default_factory=set)  # unknown to every replica that answered
     code: str = ""  # gRPC status name of the failure
     error: str = ""
     exc: Exception | None = None
@@ -46,11 +48,14 @@ async def write_by_owner(
     async def one(shard_id: int, positions: list[int]) -> ShardOutcome:
         out = ShardOutcome(shard_id, positions)
         try:
-            out.response = (await fanout.write(shard_id, method, build(positions), deadline))[0]
+            wrote = await fanout.write(shard_id, method, build(positions), deadline)
+            out.response, out.under_replicated = wrote.responses[0], wrote.under_replicated
+            # A replica still catching up may not hold an item yet: unknown only if unknown to all.
+            out.not_found = set.intersection(*(set(r.not_found) for r in wrote.responses))
         except ShardCallError as e:
             out.code, out.error, out.exc = e.code.name, str(e), e
         except ShardUnavailable as e:
-            out.code, out.error, out.exc = "UNAVAILABLE", f"{e} (other replicas may have applied it)", e
+            out.code, out.error, out.exc = "UNAVAILABLE", f"{e} (some replicas may have applied it)", e
         except TimeoutError as e:
             out.code, out.error, out.exc = "DEADLINE_EXCEEDED", f"shard {shard_id}: deadline exceeded", e
         if out.exc is not None:
@@ -85,3 +90,11 @@ def item_results(
             else:
                 r.applied = True
     return results, sorted(failed)
+
+
+def under_replicated(item_ids: Sequence[str], outcomes: list[ShardOutcome], not_found: set[str]) -> list[str]:
+    """Applied items whose shard acknowledged on the quorum but not on every replica."""
+    return [
+        item_ids[p] for o in outcomes if o.response is not None and o.under_replicated
+        for p in o.positions if item_ids[p] not in not_found
+    ]

@@ -4,6 +4,11 @@ Concurrency model: one writer at a time (`_write_mutex`: WAL append+fsync, then 
 readers-writer lock so searches run concurrently with each other and only wait for the short
 in-memory apply of a write. A rebuild trains and fills a new index off to the side, catches up
 with writes logged meanwhile, and swaps it in under the write lock (no query downtime).
+
+Replication (README "Replicas"): every write carries a last-write-wins version (versions.py); a
+write older than what the replica holds is superseded, not applied. Writes pulled from a peer are
+logged as one OP_SYNC record each, which also carries how far this replica has pulled that peer's
+WAL, so a restart resumes the pull where it stopped.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf.internal.decoder import _DecodeVarint32
@@ -27,9 +33,10 @@ from visual_search.shard import snapshot as snap
 from visual_search.shard.filters import CompiledFilter
 from visual_search.shard.index import AnnIndex, IndexConfig
 from visual_search.shard.rwlock import RWLock
-from visual_search.shard.store import Store, bulk_load, hamming64
+from visual_search.shard.store import ItemRecord, Store, bulk_load, hamming64
 from visual_search.shard.validation import apply_patch, check_patches, decode_upsert
-from visual_search.shard.wal import OP_DELETE, OP_METADATA, OP_UPSERT, WriteAheadLog, fsync_dir
+from visual_search.shard.versions import VersionBook
+from visual_search.shard.wal import OP_DELETE, OP_METADATA, OP_SYNC, OP_UPSERT, WriteAheadLog, fsync_dir
 from visual_search.v1 import shard_pb2
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,36 @@ class StampMismatch(RuntimeError):
 
 class DeadlineExceeded(RuntimeError):
     pass
+
+
+class SyncGap(RuntimeError):
+    """The WAL no longer holds a record a pull needs (dropped by a snapshot mid-stream): the
+    puller keeps what it has and asks again (it gets a full copy)."""
+
+
+class UpsertOutcome(NamedTuple):
+    items: int
+    entries: int
+    wal_sequence: int
+    superseded: list[str]  # not applied: a newer version of them is held
+
+
+class DeleteOutcome(NamedTuple):
+    deleted: int
+    not_found: list[str]
+    wal_sequence: int
+    superseded: list[str]
+
+
+class MetadataOutcome(NamedTuple):
+    updated: int
+    not_found: list[str]
+    wal_sequence: int
+    superseded: list[str]
+
+
+Decoded = list[tuple[shard_pb2.Item, np.ndarray]]
+DELETE_MARKERS_FILE = "deleted.pb"
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,9 @@ class ShardEngine:
         self._rebuild_thread: threading.Thread | None = None
         self.rebuild_error: str | None = None
         self.store = Store(self.dir / "live", dim)
+        self.versions = VersionBook()
+        # Peer replica uid -> that peer's WAL sequence this replica has pulled up to.
+        self.peer_seq: dict[str, int] = {}
         self.index = AnnIndex.flat(dim)
         self.applied_seq = 0
         self.snapshot_seq = 0
@@ -155,8 +195,11 @@ class ShardEngine:
 
     # ---- identity ---------------------------------------------------------------------------
     def _check_stamp(self) -> None:
+        """Check (or write) shard.json; it also holds this data dir's replica uid, which peers use
+        to tell a replica that was wiped (new uid, new WAL sequence space) from one that was not."""
         path = self.dir / STAMP
         want = {"model_version": self.model_version, "dim": self.dim, "shard_id": self.shard_id}
+        have: dict[str, Any] = {"created_unix": time.time()}
         if path.exists():
             have = json.loads(path.read_text())
             for key, value in want.items():
@@ -165,9 +208,12 @@ class ShardEngine:
                         f"{self.dir} was created for {key}={have.get(key)!r}, not {value!r}; "
                         "a new model version needs a new shard (re-embed into a fresh data dir)"
                     )
-            return
+            if have.get("replica_uid"):
+                self.uid: str = have["replica_uid"]
+                return
+        self.uid = uuid.uuid4().hex
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**want, "created_unix": time.time()}))
+        tmp.write_text(json.dumps({**have, **want, "replica_uid": self.uid}))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.rename(tmp, path)
@@ -191,7 +237,13 @@ class ShardEngine:
                     [tuple(e.box) for e in it.entries],
                 )
             )
+            self.versions.set_live(it.item_id, it.version)
         bulk_load(self.store, records, vectors)
+        if (path / DELETE_MARKERS_FILE).exists():
+            for raw in _read_delimited((path / DELETE_MARKERS_FILE).read_bytes()):
+                marker = shard_pb2.ItemVersion.FromString(raw)
+                self.versions.set_deleted(marker.item_id, marker.version)
+        self.peer_seq = {str(k): int(v) for k, v in manifest.get("peer_seq", {}).items()}
         if manifest["index"] == "flat":
             self._add_all_to(self.index)
         else:
@@ -225,91 +277,268 @@ class ShardEngine:
                 req = shard_pb2.UpsertRequest.FromString(payload)
                 self._apply_upsert(decode_upsert(req, self.dim), seq)
             elif op == OP_DELETE:
-                self._apply_delete(list(shard_pb2.DeleteRequest.FromString(payload).item_ids), seq)
+                dreq = shard_pb2.DeleteRequest.FromString(payload)
+                self._apply_delete(list(dreq.item_ids), dreq.version, seq)
             elif op == OP_METADATA:
                 req_md = shard_pb2.UpdateMetadataRequest.FromString(payload)
-                self._apply_metadata(self._plan_metadata(req_md.patches)[0], seq)
+                self._apply_metadata(self._plan_metadata(req_md.patches, req_md.version)[0], req_md.version, seq)
+            elif op == OP_SYNC:
+                self._apply_sync(shard_pb2.SyncRecord.FromString(payload), seq)
             n += 1
         if n:
             log.info("wal replayed", extra={"records": n, "wal_sequence": self.applied_seq})
 
     # ---- writes -----------------------------------------------------------------------------
-    def _apply_upsert(self, decoded: list[tuple[shard_pb2.Item, np.ndarray]], seq: int) -> int:
+    def _put(self, item: shard_pb2.Item, vecs: np.ndarray) -> int:
+        """Store + index one item (caller holds the write lock); returns its entry count."""
+        # An entry id owned by another item moves to this one; an item left without entries is gone.
+        owners = {self.store.owner_of(e.entry_id) for e in item.entries} - {None, item.item_id}
+        eids = self.store.put_item(item, vecs)
+        for other in owners:
+            if other is not None and other not in self.store.items:
+                self.versions.forget_live(other)
+        self.versions.set_live(item.item_id, item.version)
+        self.index.add(eids, vecs)
+        if self._rebuild_log is not None:
+            self._rebuild_log.append(eids)
+        return len(eids)
+
+    def _remove(self, item_id: str, version: int) -> bool:
+        """Delete one item and leave a marker at `version` (caller holds the write lock)."""
+        found = self.store.remove_item(item_id)
+        self.versions.set_deleted(item_id, version)
+        return found
+
+    def _apply_upsert(self, decoded: Decoded, seq: int) -> int:
         entries = 0
         with self._rw.write():
             for item, vecs in decoded:
-                eids = self.store.put_item(item, vecs)
-                self.index.add(eids, vecs)
-                if self._rebuild_log is not None:
-                    self._rebuild_log.append(eids)
-                entries += len(eids)
+                # version 0 = a record written before versions existed: replays in WAL order
+                if item.version == 0 or self.versions.newer(item.item_id, item.version):
+                    entries += self._put(item, vecs)
             self.applied_seq = seq
         return entries
 
-    def _apply_delete(self, item_ids: list[str], seq: int) -> list[str]:
-        not_found = []
+    def _apply_delete(self, item_ids: list[str], version: int, seq: int) -> tuple[list[str], list[str]]:
+        """Returns (not_found, superseded)."""
+        not_found, superseded = [], []
         with self._rw.write():
-            for item_id in item_ids:
-                if not self.store.remove_item(item_id):
+            for item_id in dict.fromkeys(item_ids):
+                if version and not self.versions.newer(item_id, version):
+                    superseded.append(item_id)
+                elif not self._remove(item_id, version):
                     not_found.append(item_id)
             self.applied_seq = seq
-        return not_found
+        return not_found, superseded
 
-    def upsert(self, req: shard_pb2.UpsertRequest) -> tuple[int, int, int]:
-        """Validate, log durably, apply. Returns (items, entries, wal_sequence)."""
+    def _stamp(self, item: shard_pb2.Item) -> shard_pb2.Item:
+        """The item with a version: its own, or this replica's clock (a copy; callers keep theirs)."""
+        if item.version:
+            return item
+        out = shard_pb2.Item()
+        out.CopyFrom(item)
+        out.version = self.versions.clock.now()
+        return out
+
+    def upsert(self, req: shard_pb2.UpsertRequest) -> UpsertOutcome:
+        """Validate, drop what a newer write supersedes, log durably, apply."""
         decoded = decode_upsert(req, self.dim)  # raises ValidationError before anything is written
-        payload = shard_pb2.UpsertRequest(
-            items=req.items, model_version=req.model_version
-        ).SerializeToString()
         with self._write_mutex:
+            fresh: Decoded = []
+            superseded = []
+            for item, vecs in decoded:
+                item = self._stamp(item)
+                if self.versions.newer(item.item_id, item.version):
+                    fresh.append((item, vecs))
+                else:
+                    superseded.append(item.item_id)
+            if not fresh:
+                return UpsertOutcome(0, 0, self.applied_seq, superseded)
+            payload = shard_pb2.UpsertRequest(
+                items=[item for item, _ in fresh], model_version=req.model_version
+            ).SerializeToString()
             seq = self.wal.append(OP_UPSERT, payload)
             durable = time.monotonic()
-            entries = self._apply_upsert(decoded, seq)
+            entries = self._apply_upsert(fresh, seq)
             self._ingest_lag(durable)
-        return len(decoded), entries, seq
+        return UpsertOutcome(len(fresh), entries, seq, superseded)
 
-    def delete(self, item_ids: list[str]) -> tuple[int, list[str], int]:
+    def delete(self, item_ids: list[str], version: int = 0) -> DeleteOutcome:
+        """Delete at `version` (0 = this replica's clock); a marker is kept for every id, found or
+        not, so a repair cannot bring back an older write of it."""
         with self._write_mutex:
-            seq = self.wal.append(OP_DELETE, shard_pb2.DeleteRequest(item_ids=item_ids).SerializeToString())
+            version = version or self.versions.clock.now()
+            payload = shard_pb2.DeleteRequest(item_ids=item_ids, version=version).SerializeToString()
+            seq = self.wal.append(OP_DELETE, payload)
             durable = time.monotonic()
-            not_found = self._apply_delete(item_ids, seq)
+            not_found, superseded = self._apply_delete(item_ids, version, seq)
             self._ingest_lag(durable)
-        return len(set(item_ids)) - len(set(not_found)), not_found, seq
+        n = len(dict.fromkeys(item_ids)) - len(not_found) - len(superseded)
+        return DeleteOutcome(n, not_found, seq, superseded)
+
+    # ---- replication ------------------------------------------------------------------------
+    def _decode_pulled(self, rec: shard_pb2.SyncRecord) -> Decoded:
+        if not rec.items:
+            return []
+        return decode_upsert(
+            shard_pb2.UpsertRequest(items=rec.items, model_version=self.model_version), self.dim
+        )
+
+    def _apply_sync(self, rec: shard_pb2.SyncRecord, seq: int, decoded: Decoded | None = None) -> None:
+        """Apply a logged pull record (already filtered to newer writes) and its watermark."""
+        if decoded is None:
+            decoded = self._decode_pulled(rec)
+        with self._rw.write():
+            for item, vecs in decoded:
+                if self.versions.newer(item.item_id, item.version):
+                    self._put(item, vecs)
+            for marker in rec.deleted:
+                if self.versions.newer(marker.item_id, marker.version):
+                    self._remove(marker.item_id, marker.version)
+            if rec.seq:
+                self.peer_seq[rec.replica_uid] = max(self.peer_seq.get(rec.replica_uid, 0), rec.seq)
+            self.applied_seq = seq
+
+    def apply_pulled(self, rec: shard_pb2.SyncRecord) -> int:
+        """Apply what a peer sent (SyncRecord from its Sync stream): only writes newer than what is
+        held are logged and applied. Returns how many items and markers were applied."""
+        # Most pulled writes are already held (they also came straight from the gateway): skip
+        # them before the costly decode. Versions only grow, so what is stale now stays stale.
+        maybe = shard_pb2.SyncRecord(replica_uid=rec.replica_uid, seq=rec.seq)
+        maybe.items.extend(i for i in rec.items if self.versions.newer(i.item_id, i.version))
+        decoded = self._decode_pulled(maybe)
+        with self._write_mutex:
+            keep = shard_pb2.SyncRecord(replica_uid=rec.replica_uid, seq=rec.seq)
+            fresh = [(i, v) for i, v in decoded if self.versions.newer(i.item_id, i.version)]
+            keep.items.extend(i for i, _ in fresh)
+            keep.deleted.extend(m for m in rec.deleted if self.versions.newer(m.item_id, m.version))
+            n = len(keep.items) + len(keep.deleted)
+            # The end of a full copy is logged even when empty, so a restart does not copy again;
+            # other records with nothing new only move the watermark in memory (the data is held).
+            if n or (rec.full_copy and rec.seq):
+                seq = self.wal.append(OP_SYNC, keep.SerializeToString())
+                self._apply_sync(keep, seq, fresh)
+            elif rec.seq:
+                with self._rw.write():
+                    self.peer_seq[rec.replica_uid] = max(self.peer_seq.get(rec.replica_uid, 0), rec.seq)
+        return n
+
+    def note_in_sync(self, peer_uid: str, peer_seq: int) -> None:
+        """Digests matched: this replica holds everything the peer held at `peer_seq`."""
+        with self._rw.write():
+            self.peer_seq[peer_uid] = max(self.peer_seq.get(peer_uid, 0), peer_seq)
+
+    def replica_status(self) -> dict[str, Any]:
+        with self._rw.read():
+            return {
+                "replica_uid": self.uid,
+                "applied_seq": self.applied_seq,
+                "oldest_wal_seq": self.wal.first_seq(),
+                "digest": self.versions.digest,
+                "items": len(self.store.items),
+                "delete_markers": len(self.versions.deleted),
+            }
+
+    def sync_records(self, peer_uid: str, after_seq: int, batch: int = 256) -> Iterator[shard_pb2.SyncRecord]:
+        """What a peer needs to catch up with this replica: the WAL records after `after_seq`, or,
+        when those are not all in the WAL any more (or `peer_uid` is not this data dir's uid), a
+        full copy of the current state followed by the WAL records after the copy's sequence.
+        Copying current state and then replaying later records is safe because every write is
+        versioned: re-applying one the copy already showed is a no-op."""
+        if peer_uid != self.uid or after_seq > self.applied_seq or not self.wal.covers(after_seq):
+            with self._rw.read():
+                after_seq = self.applied_seq
+                item_ids = list(self.store.items)
+                markers = list(self.versions.deleted.items())
+            for a in range(0, len(item_ids), batch):
+                rec = shard_pb2.SyncRecord(replica_uid=self.uid, full_copy=True)
+                with self._rw.read():
+                    for item_id in item_ids[a : a + batch]:
+                        stored = self.store.items.get(item_id)
+                        if stored is not None:
+                            s = self._stored(stored, include_vectors=True)
+                            rec.items.add(
+                                item_id=item_id, metadata=s.metadata, entries=s.entries, version=s.version
+                            )
+                yield rec
+            for a in range(0, len(markers), 16 * batch):
+                rec = shard_pb2.SyncRecord(replica_uid=self.uid, full_copy=True)
+                rec.deleted.extend(
+                    shard_pb2.ItemVersion(item_id=i, version=v) for i, v in markers[a : a + 16 * batch]
+                )
+                yield rec
+            yield shard_pb2.SyncRecord(replica_uid=self.uid, seq=after_seq, full_copy=True)
+        expect = after_seq + 1
+        for seq, op, payload in self.wal.replay(after_seq):
+            if seq != expect:
+                raise SyncGap(f"WAL record {expect} is gone (next is {seq}); pull again for a full copy")
+            expect += 1
+            rec = shard_pb2.SyncRecord(replica_uid=self.uid, seq=seq)
+            if op == OP_UPSERT:
+                rec.items.extend(shard_pb2.UpsertRequest.FromString(payload).items)
+            elif op == OP_DELETE:
+                dreq = shard_pb2.DeleteRequest.FromString(payload)
+                rec.deleted.extend(
+                    shard_pb2.ItemVersion(item_id=i, version=dreq.version) for i in dreq.item_ids
+                )
+            elif op == OP_METADATA:  # the patched items as held now (a later write of one is newer still)
+                with self._rw.read():
+                    for p in shard_pb2.UpdateMetadataRequest.FromString(payload).patches:
+                        stored = self.store.items.get(p.item_id)
+                        if stored is not None:
+                            st = self._stored(stored, include_vectors=True)
+                            rec.items.add(
+                                item_id=p.item_id, metadata=st.metadata, entries=st.entries, version=st.version
+                            )
+            elif op == OP_SYNC:  # forwarded: what this replica pulled from a third one
+                got = shard_pb2.SyncRecord.FromString(payload)
+                rec.items.extend(got.items)
+                rec.deleted.extend(got.deleted)
+            yield rec
 
     def _plan_metadata(
-        self, patches: Any
-    ) -> tuple[list[tuple[str, shard_pb2.ItemMetadata]], list[str]]:
-        """New metadata per known item (the store is not changed), and the unknown ids. Called with
-        the write mutex held (or during replay), so the plan is what the apply will see."""
-        plan, not_found = [], []
+        self, patches: Any, version: int
+    ) -> tuple[list[tuple[str, shard_pb2.ItemMetadata]], list[str], list[str]]:
+        """New metadata per known item that `version` supersedes (the store is not changed), the
+        unknown ids, and the ids a newer write already replaced. Called with the write mutex held
+        (or during replay), so the plan is what the apply will see."""
+        plan, not_found, superseded = [], [], []
         for i, p in enumerate(patches):
             rec = self.store.items.get(p.item_id)
             if rec is None:
                 not_found.append(p.item_id)
                 continue
+            if version and not self.versions.newer(p.item_id, version):
+                superseded.append(p.item_id)
+                continue
             plan.append((p.item_id, apply_patch(rec.metadata, p, f"patches[{i}] ({p.item_id!r})")))
-        return plan, not_found
+        return plan, not_found, superseded
 
-    def _apply_metadata(self, plan: list[tuple[str, shard_pb2.ItemMetadata]], seq: int) -> None:
+    def _apply_metadata(self, plan: list[tuple[str, shard_pb2.ItemMetadata]], version: int, seq: int) -> None:
+        """A metadata patch is a new version of the whole item (last write wins between replicas:
+        a peer that missed it pulls the item at this version)."""
         with self._rw.write():
             for item_id, md in plan:
                 self.store.set_metadata(item_id, md)
+                if version:
+                    self.versions.set_live(item_id, version)
             self.applied_seq = seq
 
-    def update_metadata(self, patches: Any) -> tuple[int, list[str], int]:
-        """Metadata-only patch of many items (vectors untouched): validate, log durably, apply.
-        Returns (updated, unknown ids, wal_sequence). Nothing is logged when no id is known."""
+    def update_metadata(self, patches: Any, version: int = 0) -> MetadataOutcome:
+        """Metadata-only patch of many items (vectors untouched) at `version` (0 = this replica's
+        clock): validate, log durably, apply. Nothing is logged when no patch applies."""
         check_patches(patches)
         with self._write_mutex:
-            plan, not_found = self._plan_metadata(patches)  # raises ValidationError before the WAL
+            version = version or self.versions.clock.now()
+            plan, not_found, superseded = self._plan_metadata(patches, version)  # may raise ValidationError
             if not plan:
-                return 0, not_found, self.applied_seq
-            payload = shard_pb2.UpdateMetadataRequest(patches=patches).SerializeToString()
+                return MetadataOutcome(0, not_found, self.applied_seq, superseded)
+            payload = shard_pb2.UpdateMetadataRequest(patches=patches, version=version).SerializeToString()
             seq = self.wal.append(OP_METADATA, payload)
             durable = time.monotonic()
-            self._apply_metadata(plan, seq)
+            self._apply_metadata(plan, version, seq)
             self._ingest_lag(durable)
-        return len(plan), not_found, seq
+        return MetadataOutcome(len(plan), not_found, seq, superseded)
 
     def _ingest_lag(self, durable: float) -> None:
         if self.on_ingest_lag is not None:
@@ -327,6 +556,8 @@ class ShardEngine:
             if self.store.n_entries or self.applied_seq:
                 raise RuntimeError("bulk_import needs an empty shard")
             bulk_load(self.store, records, vectors)
+            for rec in records:
+                self.versions.set_live(rec[0], 0)
             if index is None:
                 self._add_all_to(self.index)
             else:
@@ -335,6 +566,17 @@ class ShardEngine:
         self.snapshot()
 
     # ---- reads ------------------------------------------------------------------------------
+    def _stored(self, rec: ItemRecord, include_vectors: bool) -> shard_pb2.StoredItem:
+        """One stored item as a message (caller holds the read lock)."""
+        out = shard_pb2.StoredItem(
+            item_id=rec.item_id, metadata=rec.metadata, version=self.versions.live.get(rec.item_id, 0)
+        )
+        for eid, box, slot in zip(rec.entry_ids, rec.boxes, rec.slots, strict=True):
+            e = out.entries.add(entry_id=eid, box=box)
+            if include_vectors:
+                e.vector_f16 = np.asarray(self.store.vectors[slot], dtype="<f2").tobytes()
+        return out
+
     def get(self, item_ids: list[str], include_vectors: bool) -> tuple[list[shard_pb2.StoredItem], list[str]]:
         found, missing = [], []
         with self._rw.read():
@@ -343,12 +585,7 @@ class ShardEngine:
                 if rec is None:
                     missing.append(item_id)
                     continue
-                out = shard_pb2.StoredItem(item_id=item_id, metadata=rec.metadata)
-                for eid, box, slot in zip(rec.entry_ids, rec.boxes, rec.slots, strict=True):
-                    e = out.entries.add(entry_id=eid, box=box)
-                    if include_vectors:
-                        e.vector_f16 = np.asarray(self.store.vectors[slot], dtype="<f2").tobytes()
-                found.append(out)
+                found.append(self._stored(rec, include_vectors))
         return found, missing
 
     def search(
@@ -605,9 +842,17 @@ class ShardEngine:
             with self._rw.read():
                 seq = self.applied_seq
                 recs = [
-                    (r.item_id, r.metadata, list(r.entry_ids), list(r.boxes))
+                    (
+                        r.item_id,
+                        r.metadata,
+                        list(r.entry_ids),
+                        list(r.boxes),
+                        self.versions.live.get(r.item_id, 0),
+                    )
                     for r in self.store.items.values()
                 ]
+                markers = list(self.versions.deleted.items())
+                peer_seq = dict(self.peer_seq)
                 slots = np.fromiter(
                     (s for r in self.store.items.values() for s in r.slots),
                     dtype=np.int64,
@@ -624,10 +869,17 @@ class ShardEngine:
                     item_id=item_id,
                     metadata=md,
                     entries=[shard_pb2.Entry(entry_id=e, box=b) for e, b in zip(eids, boxes, strict=True)],
+                    version=version,
                 ).SerializeToString()
-                for item_id, md, eids, boxes in recs
+                for item_id, md, eids, boxes, version in recs
             )
-            files: dict[str, bytes | memoryview] = {"vectors.npy": buf.getbuffer(), "items.pb": items}
+            files: dict[str, bytes | memoryview] = {
+                "vectors.npy": buf.getbuffer(),
+                "items.pb": items,
+                DELETE_MARKERS_FILE: _write_delimited(
+                    shard_pb2.ItemVersion(item_id=i, version=v).SerializeToString() for i, v in markers
+                ),
+            }
             if index_bytes:
                 files["index.faiss"] = index_bytes
             path = snap.write_snapshot(
@@ -643,6 +895,7 @@ class ShardEngine:
                     "shard_id": self.shard_id,
                     "entries": len(vectors),
                     "items": len(recs),
+                    "peer_seq": peer_seq,
                 },
             )
             self.snapshot_seq, self.snapshot_time = seq, time.time()

@@ -7,12 +7,14 @@ and alerts query; tests/load/test_metrics_contract.py scrapes a real shard again
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from visual_search.shard.engine import ShardEngine
+    from visual_search.shard.replication import Replicator
 
 # The contract's latency bounds plus three sub-millisecond ones: shard stages often take < 1 ms,
 # and a superset of the gateway's bounds keeps quantiles comparable across processes.
@@ -96,6 +98,29 @@ class ShardMetrics:
             ),
             "vsearch_shard_rebuilding": ("1 while a background rebuild runs", lambda: int(engine.rebuilding)),
         }
+        self._gauges(gauges)
+
+    def _gauges(self, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
         for name, (doc, fn) in gauges.items():
-            g = Gauge(name, doc, ["shard"], registry=r)
-            g.labels(shard).set_function(fn)
+            g = Gauge(name, doc, ["shard"], registry=self.registry)
+            g.labels(self.shard).set_function(fn)
+
+    def watch_replication(self, replicator: Replicator) -> None:
+        """Replication state (shard README "Replicas")."""
+        engine = replicator.engine
+        self._gauges(
+            {
+                "vsearch_shard_replica_caught_up": (
+                    "1 once this replica caught up with its peers (serving), 0 while seeding",
+                    lambda: int(replicator.caught_up.is_set()),
+                ),
+                "vsearch_shard_replica_items_copied": (
+                    "Items and delete markers pulled from peers since start",
+                    replicator.items_copied,
+                ),
+                "vsearch_shard_delete_markers": (
+                    "Deleted item ids remembered with their version",
+                    lambda: len(engine.versions.deleted),
+                ),
+            }
+        )

@@ -1,5 +1,8 @@
 """Shard process: engine + gRPC (SearchShard, health, reflection) + metrics + signals.
 
+With `--peers` the replica starts NOT_SERVING and turns SERVING once it has caught up with its
+peers (replication.py); it then keeps pulling what it misses in the background.
+
 SIGTERM/SIGINT: health -> NOT_SERVING, stop accepting, drain in-flight RPCs (grace period),
 stop background work, write a final snapshot, exit 0. SIGKILL is survived by WAL replay.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -24,11 +28,15 @@ from visual_search import logs
 from visual_search.shard.engine import EngineConfig, ShardEngine, StampMismatch
 from visual_search.shard.index import IndexConfig
 from visual_search.shard.metrics import ShardMetrics
+from visual_search.shard.replication import Replicator
 from visual_search.shard.service import ShardServicer
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("visual_search.shard")
 SERVICE_NAME = shard_pb2.DESCRIPTOR.services_by_name["SearchShard"].full_name
+# Health service name that is SERVING while the process runs, caught up or not: for liveness and
+# startup probes (readiness uses "", which waits for catch-up).
+PROCESS_HEALTH = "process"
 _MB = 1024 * 1024
 
 
@@ -97,8 +105,25 @@ def serve(a: argparse.Namespace) -> int:
             ("grpc.so_reuseport", 0),
         ],
     )
-    shard_pb2_grpc.add_SearchShardServicer_to_server(ShardServicer(engine, metrics), server)
     health_servicer = health.HealthServicer()
+
+    def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    peers = [p.strip() for p in (a.peers or "").split(",") if p.strip()]
+    replicator = Replicator(
+        engine,
+        peers,
+        token=os.environ.get("VSEARCH_SHARD_TOKEN") or None,
+        interval_s=a.repair_interval,
+        rate_items_s=a.repair_rate,
+        peer_wait_s=a.peer_wait,
+        on_caught_up=lambda: set_health(health_pb2.HealthCheckResponse.SERVING),
+    )
+    metrics.watch_replication(replicator)
+    shard_pb2_grpc.add_SearchShardServicer_to_server(ShardServicer(engine, metrics, replicator), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{a.host}:{a.port}"
@@ -106,13 +131,22 @@ def serve(a: argparse.Namespace) -> int:
         log.error("cannot bind", extra={"address": address})
         return 1
     server.start()
+    health_servicer.set(PROCESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
     engine.start_policy()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if replicator.caught_up.is_set():
+        set_health(health_pb2.HealthCheckResponse.SERVING)
+    replicator.start()
     stats = engine.stats()
     log.info(
-        "shard serving",
-        extra={"address": address, "metrics_port": a.metrics_port, "model_version": a.model_version, **stats},
+        "shard serving" if replicator.caught_up.is_set() else "shard started; catching up with peers",
+        extra={
+            "address": address,
+            "metrics_port": a.metrics_port,
+            "model_version": a.model_version,
+            "peers": peers,
+            "replica_uid": engine.uid,
+            **stats,
+        },
     )
 
     stop = threading.Event()
@@ -124,8 +158,9 @@ def serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(PROCESS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+    replicator.stop()
     server.stop(a.grace).wait()
     engine.close(final_snapshot=True)
     log.info("shard stopped", extra={"wal_sequence": engine.applied_seq})

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import grpc
 
 from visual_search import contract
-from visual_search.shard.engine import DeadlineExceeded, ShardEngine
+from visual_search.shard.engine import DeadlineExceeded, ShardEngine, SyncGap
 from visual_search.shard.filters import compile_filter
 from visual_search.shard.metrics import ShardMetrics
+from visual_search.shard.replication import Replicator
 from visual_search.shard.validation import (
     ValidationError,
     VersionMismatch,
@@ -26,6 +27,10 @@ from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+
+
+class NotServing(RuntimeError):
+    """This replica is still catching up with its peers: reads go to another replica."""
 
 
 def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
@@ -44,6 +49,8 @@ def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
                 code, msg = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
             except DeadlineExceeded as exc:
                 code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+            except NotServing as exc:
+                code, msg = grpc.StatusCode.UNAVAILABLE, str(exc)
             except Exception as exc:  # noqa: BLE001 - never crash the server on one request
                 log.exception("internal error", extra={"method": method})
                 code, msg = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
@@ -68,15 +75,28 @@ def _deadline_check(context: grpc.ServicerContext) -> Callable[[], bool]:
 
 
 class ShardServicer(shard_pb2_grpc.SearchShardServicer):
-    def __init__(self, engine: ShardEngine, metrics: ShardMetrics) -> None:
+    def __init__(
+        self, engine: ShardEngine, metrics: ShardMetrics, replicator: Replicator | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.replicator = replicator or Replicator(engine, [])
+
+    def _check_serving(self) -> None:
+        """Reads from a replica that has not caught up would silently miss items: refuse them
+        (UNAVAILABLE, which the gateway retries on another replica). Writes are accepted."""
+        if not self.replicator.caught_up.is_set():
+            raise NotServing(
+                f"shard {self.engine.shard_id} replica is catching up with its peers "
+                f"({self.engine.replica_status()['items']} items so far); ask another replica"
+            )
 
     @_rpc("Search")
     def Search(
         self, request: shard_pb2.SearchRequest, context: grpc.ServicerContext
     ) -> shard_pb2.SearchResponse:
         eng = self.engine
+        self._check_serving()
         check_model_version(request.model_version, eng.model_version)
         check_search_params(request)
         queries = decode_queries(request.queries, eng.dim)
@@ -135,8 +155,13 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
         check_model_version(request.model_version, self.engine.model_version)
         if _deadline_check(context)():
             raise DeadlineExceeded("deadline exceeded before the write; nothing was written")
-        items, entries, seq = self.engine.upsert(request)
-        return shard_pb2.UpsertResponse(upserted_items=items, upserted_entries=entries, wal_sequence=seq)
+        out = self.engine.upsert(request)
+        return shard_pb2.UpsertResponse(
+            upserted_items=out.items,
+            upserted_entries=out.entries,
+            wal_sequence=out.wal_sequence,
+            superseded=out.superseded,
+        )
 
     @_rpc("UpsertStream")
     def UpsertStream(
@@ -145,26 +170,36 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
         """Each message is validated and made durable on arrival; on a bad message the error names
         it and says how much was already written (earlier messages stay written)."""
         items = entries = seq = 0
+        superseded: list[str] = []
         for i, request in enumerate(request_iterator):
             try:
                 check_model_version(request.model_version, self.engine.model_version)
-                n_items, n_entries, seq = self.engine.upsert(request)
+                out = self.engine.upsert(request)
             except (ValidationError, VersionMismatch) as exc:
                 raise type(exc)(
                     f"stream message {i}: {exc} (messages 0..{i - 1} were written: "
                     f"{items} items, wal_sequence {seq})"
                 ) from exc
-            items += n_items
-            entries += n_entries
-        return shard_pb2.UpsertResponse(upserted_items=items, upserted_entries=entries, wal_sequence=seq)
+            items += out.items
+            entries += out.entries
+            seq = out.wal_sequence
+            superseded.extend(out.superseded)
+        return shard_pb2.UpsertResponse(
+            upserted_items=items, upserted_entries=entries, wal_sequence=seq, superseded=superseded
+        )
 
     @_rpc("Delete")
     def Delete(
         self, request: shard_pb2.DeleteRequest, context: grpc.ServicerContext
     ) -> shard_pb2.DeleteResponse:
         check_id_list(request.item_ids, "item_ids")
-        deleted, not_found, seq = self.engine.delete(list(request.item_ids))
-        return shard_pb2.DeleteResponse(deleted=deleted, not_found=not_found, wal_sequence=seq)
+        out = self.engine.delete(list(request.item_ids), request.version)
+        return shard_pb2.DeleteResponse(
+            deleted=out.deleted,
+            not_found=out.not_found,
+            wal_sequence=out.wal_sequence,
+            superseded=out.superseded,
+        )
 
     @_rpc("UpdateMetadata")
     def UpdateMetadata(
@@ -173,11 +208,15 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
         """Write: metadata-only patches, all-or-nothing per request, WAL-durable before the answer."""
         if _deadline_check(context)():
             raise DeadlineExceeded("deadline exceeded before the write; nothing was written")
-        updated, not_found, seq = self.engine.update_metadata(request.patches)
-        return shard_pb2.UpdateMetadataResponse(updated=updated, not_found=not_found, wal_sequence=seq)
+        out = self.engine.update_metadata(request.patches, request.version)
+        return shard_pb2.UpdateMetadataResponse(
+            updated=out.updated, not_found=out.not_found, wal_sequence=out.wal_sequence,
+            superseded=out.superseded,
+        )
 
     @_rpc("Get")
     def Get(self, request: shard_pb2.GetRequest, context: grpc.ServicerContext) -> shard_pb2.GetResponse:
+        self._check_serving()
         check_id_list(request.item_ids, "item_ids")
         items, missing = self.engine.get(list(request.item_ids), request.include_vectors)
         return shard_pb2.GetResponse(items=items, not_found=missing)
@@ -204,3 +243,48 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
     ) -> shard_pb2.SnapshotResponse:
         seq, path = self.engine.snapshot()
         return shard_pb2.SnapshotResponse(wal_sequence=seq, path=path)
+
+    @_rpc("ReplicaStatus")
+    def ReplicaStatus(
+        self, request: shard_pb2.ReplicaStatusRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.ReplicaStatusResponse:
+        eng = self.engine
+        return shard_pb2.ReplicaStatusResponse(
+            shard_id=eng.shard_id,
+            model_version=eng.model_version,
+            caught_up=self.replicator.caught_up.is_set(),
+            peers=self.replicator.peer_states(),
+            **eng.replica_status(),
+        )
+
+    def Sync(
+        self, request: shard_pb2.SyncRequest, context: grpc.ServicerContext
+    ) -> Iterator[shard_pb2.SyncRecord]:
+        """Served whether or not this replica has caught up: what it holds is versioned, so a
+        puller can only gain from it (fresh clusters seed each other this way)."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield from self.engine.sync_records(
+                request.replica_uid, request.after_seq, request.batch_items or 256
+            )
+        except SyncGap as exc:
+            code = grpc.StatusCode.ABORTED
+            context.abort(code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - never crash the server on one request
+            log.exception("internal error", extra={"method": "Sync"})
+            code = grpc.StatusCode.INTERNAL
+            context.abort(code, f"internal error: {exc}")
+        finally:
+            m.rpc.labels(m.shard, "Sync").observe(time.perf_counter() - t0)
+            m.requests.labels(m.shard, "Sync", code.name).inc()
+
+    @_rpc("Repair")
+    def Repair(
+        self, request: shard_pb2.RepairRequest, context: grpc.ServicerContext
+    ) -> shard_pb2.RepairResponse:
+        copied, peers = self.replicator.repair()
+        return shard_pb2.RepairResponse(
+            peers=peers, items_copied=copied, digest=self.engine.replica_status()["digest"]
+        )

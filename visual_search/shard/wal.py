@@ -20,6 +20,7 @@ MAX_RECORD = 256 * 1024 * 1024
 OP_UPSERT = 1
 OP_DELETE = 2
 OP_METADATA = 3  # UpdateMetadataRequest: metadata-only patches (vectors untouched)
+OP_SYNC = 4  # writes pulled from a peer replica (a shard_pb2.SyncRecord)
 
 
 class WalCorrupt(RuntimeError):
@@ -103,8 +104,11 @@ class WriteAheadLog:
         fsync_dir(self.dir)
 
     def replay(self, after_seq: int) -> Iterator[tuple[int, int, bytes]]:
-        """Records with seq > after_seq, in order."""
-        for _first, path in self._segments():
+        """Records with seq > after_seq, in order (segments wholly at or below it are not read)."""
+        segs = self._segments()
+        for i, (_first, path) in enumerate(segs):
+            if i + 1 < len(segs) and segs[i + 1][0] <= after_seq + 1:
+                continue
             for seq, op, payload, _end in _scan(path):
                 if seq > after_seq:
                     yield seq, op, payload
@@ -132,6 +136,15 @@ class WriteAheadLog:
             for (_first, path), (next_first, _next) in zip(segs, segs[1:], strict=False):
                 if next_first - 1 <= seq and path != self._path:
                     path.unlink()
+
+    def first_seq(self) -> int:
+        """Sequence of the oldest record the WAL can still hold (older ones were dropped)."""
+        segs = self._segments()
+        return segs[0][0] if segs else self.last_seq + 1
+
+    def covers(self, after_seq: int) -> bool:
+        """Are all records after `after_seq` still here (a peer can pull them)?"""
+        return after_seq >= self.last_seq or self.first_seq() <= after_seq + 1
 
     @property
     def size_bytes(self) -> int:
