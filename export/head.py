@@ -13,7 +13,8 @@ recipe on both backbones is what ships ("backbones" there).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,17 @@ def _gem(f: torch.Tensor) -> torch.Tensor:
     return f.clamp(min=1e-6).pow(GEM_P).mean((-2, -1)).pow(1.0 / GEM_P)
 
 
-def train(fmaps: np.ndarray, groups: Sequence[Sequence[int]], init: Projection) -> Projection:
-    """fmaps [N,D,7,7] of catalog entries; groups = entry indices per catalog photo."""
+def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: int = STEPS,
+          channel_scale: np.ndarray | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Projection:
+    """fmaps [N,D,7,7] of catalog entries (any array-like indexable by entry: float16 memmaps are
+    read window by window, so memory stays bounded); groups = entry indices per catalog photo;
+    channel_scale [D] multiplies the maps (backbone scales); init = the starting projection (PCA,
+    or an already trained head when adapting to a new catalog)."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
-    maps = torch.from_numpy(np.asarray(fmaps, np.float32))
-    side = maps.shape[-1]
+    side = int(fmaps[0].shape[-1])
+    cs = None if channel_scale is None else np.asarray(channel_scale, np.float32)[:, None, None]
     mean = torch.from_numpy(init.mean)
     w = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(init.components.T)))
     opt = torch.optim.Adam([w], lr=LR)
@@ -43,14 +49,15 @@ def train(fmaps: np.ndarray, groups: Sequence[Sequence[int]], init: Projection) 
     def view(e: int) -> torch.Tensor:
         h, wd = (int(rng.integers(MIN_WINDOW, side + 1)) for _ in range(2))
         y, x = int(rng.integers(0, side + 1 - h)), int(rng.integers(0, side + 1 - wd))
-        return _gem(maps[e][:, y : y + h, x : x + wd])
+        win = np.asarray(fmaps[e][:, y : y + h, x : x + wd], np.float32)
+        return _gem(torch.from_numpy(win if cs is None else win * cs))
 
     def head(x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.normalize(x, dim=1)
         return torch.nn.functional.normalize((x - mean) @ w, dim=1)
 
     labels = torch.arange(min(BATCH, len(groups)))
-    for _ in range(STEPS):
+    for step in range(steps):
         pick = rng.choice(len(groups), len(labels), replace=False)
         a, b = [], []
         for k in pick:
@@ -62,4 +69,6 @@ def train(fmaps: np.ndarray, groups: Sequence[Sequence[int]], init: Projection) 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
     return Projection(init.mean, np.ascontiguousarray(w.detach().numpy().T).astype(np.float32))

@@ -30,6 +30,14 @@ SWEEP_RESCORE = (10, 100, 1000)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="retrieval quality (recall@K, mAP, nDCG, MRR) on labeled sets")
+    p.add_argument(
+        "--protocol",
+        choices=("served", "crossset"),
+        default="served",
+        help="served: the pipeline as deployed (below); crossset: leave-one-set-out over the three "
+        "../shared/data sets - in-set, cross-set and `vsearch adapt` rows next to the baseline, "
+        "written under the output's 'crossset' key (needs .venv-export: refits the head)",
+    )
     p.add_argument("--manifest", action="append", help="manifest.csv (repeatable); default: ../shared/data/*")
     p.add_argument(
         "--precision", action="append", choices=("fp32", "int8"), help="default: both (if exported)"
@@ -172,6 +180,11 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from visual_search import models
+
+    if args.protocol == "crossset":
+        from visual_search.adapt_cli import run_export_module
+
+        return run_export_module("export.crossset", ["--out", str(Path(args.out).resolve())])
 
     manifests = [Path(m) for m in (args.manifest or DEFAULT_MANIFESTS)]
     for m in manifests:
