@@ -159,7 +159,8 @@ def cached(name: str, images: Sequence[Path], labels: Sequence[str], splits: Seq
     """Features of a labeled set, extracted once into cache_root/name (keyed by images + detectors)."""
     import hashlib
 
-    spec = [CACHE_VERSION, [str(p) for p in images], list(splits), _file_key(detector), _file_key(query_detector)]
+    spec = [CACHE_VERSION, [str(p) for p in images], list(splits),
+            _file_key(detector), _file_key(query_detector)]
     key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
     d = cache_root / f"{name}-{key}"
     if not (d / "images.json").exists():
