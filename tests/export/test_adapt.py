@@ -1,0 +1,103 @@
+"""`vsearch adapt` end to end on a tiny catalog (real photos, real torch training, real ONNX export)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from visual_search import contract as C
+from visual_search import models as M
+from visual_search import preprocess as P
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXPORT_PY = REPO / ".venv-export" / "bin" / "python"
+
+
+def _need_export_env() -> None:
+    if not EXPORT_PY.exists():
+        pytest.skip("needs .venv-export (bash scripts/install_export.sh) with torch")
+
+
+def _tiny_manifest(root: Path) -> tuple[Path, list[Path]]:
+    """6 catalog photos (2 per dev set) + 2 query rows, images relative to the manifest."""
+    rows, photos = [], []
+    for name in ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0"):
+        with open(SHARED_DATA / name / "manifest.csv", newline="") as fh:
+            src = list(csv.DictReader(fh))
+        cat, qry = [r for r in src if r["split"] == "catalog"], [r for r in src if r["split"] == "query"]
+        picked = cat[:2] + qry[:1]
+        for r in picked[: 3 if name != "clothing10_cc0" else 2]:
+            dst = root / "images" / name / Path(r["image"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(SHARED_DATA / name / r["image"], dst)
+            rows.append({"image": str(dst.relative_to(root)), "label": r["label"], "split": r["split"]})
+            if r["split"] == "catalog":
+                photos.append(dst)
+    m = root / "manifest.csv"
+    with m.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return m, photos
+
+
+def _vsearch(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "visual_search.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _embed(path: Path, photos: list[Path]) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.stack([P.encoder_input(P.decode_image(p.read_bytes())) for p in photos])
+    return np.asarray(s.run(None, {C.ENCODER_INPUT_NAME: x})[0], np.float32)
+
+
+@pytest.mark.slow
+def test_adapt_tiny_catalog_exports_a_new_servable_model(tmp_path: Path) -> None:
+    _need_export_env()
+    manifest, photos = _tiny_manifest(tmp_path / "catalog")
+    out = tmp_path / "adapted"
+    r = _vsearch("adapt", "--manifest", str(manifest), "--out", str(out), "--steps", "3")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "vsearch cutover run" in r.stdout and "left" in r.stdout  # next step + progress/estimate
+
+    man = json.loads((out / "manifest.json").read_text())
+    rep = json.loads((out / "adapt.json").read_text())
+    assert rep["photos"] == len(photos) == 6  # query rows are never used
+    base = M.load_manifest()["encoder_model_version"]["fp32"]
+    new = man["encoder_model_version"]
+    assert new["fp32"] != base and new["int8"] == new["fp32"] + "-int8"
+    assert man["default_precision"]["encoder"] == ("int8" if rep["int8_gate"]["pass"] else "fp32")
+    for a in man["artifacts"].values():  # every file the manifest names is there, intact
+        assert hashlib.sha256((out / a["file"]).read_bytes()).hexdigest() == a["sha256"]
+    assert man["artifacts"]["encoder_fp32"]["metadata"]["adapted_from"] == base
+    assert rep["extrapolation_10k_photos"]["estimate_s_all_10k_photos"] > 0
+
+    # the adapted encoder keeps the contract (unit float16 vectors) but is a different embedding
+    e_new = _embed(out / "encoder_fp32.onnx", photos)
+    e_old = _embed(M.artifact_path("encoder", "fp32"), photos)
+    assert np.allclose(np.linalg.norm(e_new, axis=1), 1.0, atol=1e-2)
+    assert float(np.abs(e_new - e_old).max()) > 1e-3
+
+
+@pytest.mark.slow
+def test_adapt_rejects_a_manifest_with_missing_photos(tmp_path: Path) -> None:
+    _need_export_env()
+    m = tmp_path / "manifest.csv"
+    m.write_text("image,label,split\nimages/nope.jpg,x,catalog\nimages/nope2.jpg,x,catalog\n")
+    r = _vsearch("adapt", "--manifest", str(m), "--out", str(tmp_path / "o"), timeout=300)
+    assert r.returncode != 0
+    assert "missing" in r.stderr and "nope.jpg" in r.stderr
