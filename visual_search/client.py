@@ -154,6 +154,7 @@ class ResultList:
     detection_index: int
     class_name: str
     hits: list[Hit]
+    query_strategy: str = ""  # how the query side was chosen (default-box, whole-image, box, ...)
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ def search_result(r: search_pb2.QueryResponse) -> SearchResult:
                 detection_index=rl.detection_index,
                 class_name=rl.class_name,
                 hits=[_hit(h) for h in rl.hits],
+                query_strategy=rl.query_strategy,
             )
             for rl in r.results
         ],

@@ -353,9 +353,11 @@ RESULT_LEGEND = (
 def _query_label(rl: Any) -> str:
     """What was searched. Detector classes are COCO's, so a carton may say 'person': name them as such."""
     qb = str(rl.query_box) if rl.query_box else "whole image"
+    how = f" [{rl.query_strategy}]" if rl.query_strategy else ""
     if rl.detection_index >= 0:
-        return f"query box {qb} (detected object #{rl.detection_index}, detector class '{rl.class_name}')"
-    return f"query box {qb}"
+        obj = f"detected object #{rl.detection_index}, detector class '{rl.class_name}'"
+        return f"query box {qb} ({obj}){how}"
+    return f"query box {qb}{how}"
 
 
 def format_result_table(res: Any) -> str:

@@ -91,6 +91,7 @@ def test_detect_orders_by_salience_and_search_uses_the_default_box(client: vc.Cl
     res = client.search(image=BUS, k=3)
     assert res.lists[0].detection_index == 0 and res.lists[0].class_name == "bus"
     assert res.lists[0].query_box == det.detections[0].box
+    assert res.lists[0].query_strategy == "default-box"  # the choice is visible in the response
     assert res.timings_ms["triton"] > 0
 
 
@@ -124,6 +125,11 @@ def test_all_objects_box_index_and_explicit_box(client: vc.Client, indexed: dict
     assert one.lists[0].class_name == "person" and one.hits[0].item_id == "bus"
     box = client.search(image=BUS, box=[48, 398, 243, 905], k=1)
     assert box.lists[0].detection_index == -1 and box.hits[0].item_id == "bus"
+    assert box.lists[0].query_strategy == "box"  # tap-a-box: searched exactly as given
+    assert {rl.query_strategy for rl in res.lists} == {"all-objects"}
+    assert one.lists[0].query_strategy == "box-index"
+    whole = client.search(image=BUS, whole_image=True, k=1)
+    assert whole.lists[0].query_strategy == "whole-image" and whole.lists[0].query_box is None
     with pytest.raises(vc.InvalidArgument, match="box_index 9"):
         client.search(image=BUS, box_index=9, k=1)
     with pytest.raises(vc.InvalidArgument, match="outside"):

@@ -34,6 +34,7 @@ class QuerySpec:
     box: tuple[float, ...] = ()  # query-side box; () = whole image / no photo
     detection_index: int = -1
     class_name: str = ""
+    strategy: str = ""  # ResultList.query_strategy: how the query side was chosen
 
 
 @dataclass
@@ -46,12 +47,13 @@ class ResolvedQuery:
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/detect/embed wall time
 
 
-def _spec_from_object(objs: Objects, i: int, vec: np.ndarray) -> QuerySpec:
+def _spec_from_object(objs: Objects, i: int, vec: np.ndarray, strategy: str) -> QuerySpec:
     return QuerySpec(
         vector=vec,
         box=tuple(float(v) for v in objs.boxes[i]),
         detection_index=i,
         class_name=class_name(int(objs.classes[i])),
+        strategy=strategy,
     )
 
 
@@ -81,22 +83,24 @@ async def _resolve_image(
 
     specs: list[QuerySpec]
     if sel == "whole_image":
-        specs = [QuerySpec(await timed("embed", embedder.embed(q.image, None, left())))]
+        vec = await timed("embed", embedder.embed(q.image, None, left()))
+        specs = [QuerySpec(vec, strategy="whole-image")]
     elif sel == "box":
         box = V.check_box(q.box, w, h)
         vec = await timed("embed", embedder.embed(q.image, box.tolist(), left()))
-        specs = [QuerySpec(vec, tuple(map(float, box)))]
+        specs = [QuerySpec(vec, tuple(map(float, box)), strategy="box")]
     elif sel == "all_objects":
         objs = await timed("detect", embedder.detect_and_embed(q.image, w, h, left()))
         if len(objs) and objs.embeddings is not None:
-            specs = [_spec_from_object(objs, i, objs.embeddings[i]) for i in range(len(objs))]
+            specs = [_spec_from_object(objs, i, objs.embeddings[i], "all-objects") for i in range(len(objs))]
         else:
             assert objs.image_embedding is not None
-            specs = [QuerySpec(objs.image_embedding)]
+            specs = [QuerySpec(objs.image_embedding, strategy="whole-image")]
     elif sel is None and single_call_default:
         # Default box: detections and the chosen box's embedding in one Triton round trip.
         objs, vec = await timed("detect", embedder.detect_and_embed_default(q.image, w, h, left()))
-        specs = [_spec_from_object(objs, 0, vec) if len(objs) else QuerySpec(vec)]
+        specs = [_spec_from_object(objs, 0, vec, "default-box") if len(objs)
+                 else QuerySpec(vec, strategy="whole-image")]
     else:
         objs = await timed("detect", embedder.detect(q.image, w, h, left()))
         idx = int(q.box_index) if sel == "box_index" else 0
@@ -104,9 +108,10 @@ async def _resolve_image(
             raise V.invalid(f"box_index {idx} out of range: the photo has {len(objs)} detected objects")
         if len(objs):
             vec = await timed("embed", embedder.embed(q.image, objs.boxes[idx].tolist(), left()))
-            specs = [_spec_from_object(objs, idx, vec)]
+            specs = [_spec_from_object(objs, idx, vec, "box-index" if sel == "box_index" else "default-box")]
         else:
-            specs = [QuerySpec(await timed("embed", embedder.embed(q.image, None, left())))]
+            vec = await timed("embed", embedder.embed(q.image, None, left()))
+            specs = [QuerySpec(vec, strategy="whole-image")]
     triton_s = time.monotonic() - t0
     t_hash = time.monotonic()
     query_phash = phash(rgb)
@@ -128,7 +133,9 @@ async def _resolve_item(item_id: str, fanout: ShardFanout, deadline: float) -> R
         vec = np.asarray(entry.vector_f32, np.float32)
     vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
     return ResolvedQuery(
-        [QuerySpec(vec, tuple(entry.box))], query_phash=int(item.metadata.phash), exclude_item=item_id
+        [QuerySpec(vec, tuple(entry.box), strategy="item")],
+        query_phash=int(item.metadata.phash),
+        exclude_item=item_id,
     )
 
 
@@ -146,7 +153,7 @@ async def resolve(
     if kind == "vector":
         t = time.monotonic()
         vec = V.decode_query_vector(req.vector, served_version)
-        return ResolvedQuery([QuerySpec(vec)], stage_s={"decode": time.monotonic() - t})
+        return ResolvedQuery([QuerySpec(vec, strategy="vector")], stage_s={"decode": time.monotonic() - t})
     if kind == "item_id":
         return await _resolve_item(req.item_id, fanout, deadline)
     raise V.invalid("query is empty: set image, vector or item_id")

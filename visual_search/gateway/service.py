@@ -191,7 +191,8 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
                 cands = [c for c in cands if c.item_id != rq.exclude_item]
             merge_s += time.monotonic() - tm
             ranked = rerank(cands, request.k, params)
-            rl = resp.results.add(detection_index=spec.detection_index, class_name=spec.class_name)
+            rl = resp.results.add(detection_index=spec.detection_index, class_name=spec.class_name,
+                                  query_strategy=spec.strategy)
             qb = _box(spec.box)
             if qb is not None:
                 rl.query_box.CopyFrom(qb)
