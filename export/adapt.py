@@ -38,7 +38,7 @@ from export.features import extract, load
 from visual_search import contract as C
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-MAX_PHOTOS = 2000
+MAX_PHOTOS = 1000  # the head's integral images take ~2 MB per photo in RAM
 N_CALIB = 128
 N_GATE = 200
 

@@ -77,18 +77,14 @@ def load_sets() -> dict[str, SetFeatures]:
     return out
 
 
-class _Maps:
-    """Catalog feature maps of several sets as one indexable sequence (head.train's input)."""
+_WINDOWS: dict[int, head.WindowGeM] = {}
 
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        self.parts, self.offsets = parts, np.cumsum([0] + [len(p) for p in parts])
 
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return self.parts[k][i - self.offsets[k]]
+def windows(f: SetFeatures) -> head.WindowGeM:
+    """The set's catalog maps as window-GeM integral images (built once per set)."""
+    if id(f) not in _WINDOWS:
+        _WINDOWS[id(f)] = head.WindowGeM([f.maps])
+    return _WINDOWS[id(f)]
 
 
 def _catalog_whole(f: SetFeatures) -> np.ndarray:
@@ -109,7 +105,8 @@ def fit(sets: dict[str, SetFeatures], names: list[str], trained: bool = True) ->
         for n in names:
             groups += [[off + j for j in grp] for grp in sets[n].catalog_groups()]
             off += len(sets[n].maps)
-        proj = head.train(_Maps([sets[n].maps for n in names]), groups, proj, channel_scale=1.0 / inv)
+        proj = head.train(head.WindowGeM.concat([windows(sets[n]) for n in names]), groups, proj,
+                          channel_scale=1.0 / inv)
     return Model(scales, proj, list(names), f"scales + PCA{' + head' if trained else ''}")
 
 
@@ -120,7 +117,7 @@ def adapt(base: Model, f: SetFeatures, steps: int = ADAPT_STEPS,
           progress: Callable[[int, int], None] | None = None) -> Model:
     """`vsearch adapt`'s recipe: the base model's head trained further on one catalog's photos and
     their detected objects (self-supervised; scales kept, so the backbone graph is unchanged)."""
-    proj = head.train(f.maps, f.catalog_groups(), base.proj, steps=steps, channel_scale=base.channel_scale(),
+    proj = head.train(windows(f), f.catalog_groups(), base.proj, steps=steps, channel_scale=base.channel_scale(),
                       progress=progress)
     return Model(base.scales, proj, base.fitted_on + ["(adapted, unlabeled)"],
                  base.recipe + f" + adapt {steps}")

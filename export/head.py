@@ -31,6 +31,47 @@ def _gem(f: torch.Tensor) -> torch.Tensor:
     return f.clamp(min=1e-6).pow(GEM_P).mean((-2, -1)).pow(1.0 / GEM_P)
 
 
+class WindowGeM:
+    """GeM of any window of each entry's map in O(1): integral images of clamp(maps)^p.
+
+    The head's views are GeM over random sub-windows; summing x^p once per entry (float32) makes a
+    batch of views a few vectorised lookups instead of one small tensor job per view (~50x less
+    CPU on this 2-core box). Same values as _gem up to float32 rounding (maps are >= 0, post-ReLU6).
+    """
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        ints = []
+        for p in parts:
+            for i in range(0, len(p), 256):
+                c = np.clip(np.asarray(p[i : i + 256], np.float32), 1e-6, None) ** GEM_P
+                z = np.zeros((*c.shape[:2], c.shape[2] + 1, c.shape[3] + 1), np.float32)
+                z[:, :, 1:, 1:] = c.cumsum(2).cumsum(3)
+                ints.append(z)
+        self.integral = np.concatenate(ints) if ints else np.zeros((0, 0, 1, 1), np.float32)  # [N,D,H+1,W+1]
+        n, d, h1, w1 = self.integral.shape
+        self.shape = (n, d, h1 - 1, w1 - 1)
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowGeM]) -> WindowGeM:
+        out = cls([])
+        out.integral = np.concatenate([p.integral for p in parts]) if len(parts) > 1 else parts[0].integral
+        out.shape = parts[0].shape
+        return out
+
+    def __len__(self) -> int:
+        return int(self.integral.shape[0])
+
+    def __getitem__(self, e: int) -> np.ndarray:
+        return np.zeros(self.shape[1:], np.float32)  # only its shape is read (side of the map)
+
+    def gem(self, wins: np.ndarray) -> np.ndarray:
+        """wins [B,5] = (entry, y, x, h, w) -> GeM [B, D] float32."""
+        e, y, x, h, w = wins.T
+        t = self.integral
+        s = t[e, :, y + h, x + w] - t[e, :, y, x + w] - t[e, :, y + h, x] + t[e, :, y, x]
+        return (np.clip(s, 0, None) / (h * w)[:, None]) ** (1.0 / GEM_P)  # type: ignore[no-any-return]
+
+
 def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: int = STEPS,
           channel_scale: np.ndarray | None = None,
           progress: Callable[[int, int], None] | None = None) -> Projection:
@@ -46,11 +87,22 @@ def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: 
     w = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(init.components.T)))
     opt = torch.optim.Adam([w], lr=LR)
 
-    def view(e: int) -> torch.Tensor:
+    fast = isinstance(fmaps, WindowGeM)
+
+    def window(e: int) -> tuple[int, int, int, int, int]:
         h, wd = (int(rng.integers(MIN_WINDOW, side + 1)) for _ in range(2))
         y, x = int(rng.integers(0, side + 1 - h)), int(rng.integers(0, side + 1 - wd))
-        win = np.asarray(fmaps[e][:, y : y + h, x : x + wd], np.float32)
-        return _gem(torch.from_numpy(win if cs is None else win * cs))
+        return e, y, x, h, wd
+
+    def views(wins: list[tuple[int, int, int, int, int]]) -> torch.Tensor:
+        if fast:
+            g = fmaps.gem(np.asarray(wins, np.int64))
+            return torch.from_numpy(g if cs is None else g * cs[:, 0, 0])
+        out = []
+        for e, y, x, h, wd in wins:
+            win = np.asarray(fmaps[e][:, y : y + h, x : x + wd], np.float32)
+            out.append(_gem(torch.from_numpy(win if cs is None else win * cs)))
+        return torch.stack(out)
 
     def head(x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.normalize(x, dim=1)
@@ -61,9 +113,9 @@ def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: 
         pick = rng.choice(len(groups), len(labels), replace=False)
         a, b = [], []
         for k in pick:
-            a.append(view(int(rng.choice(groups[k]))))
-            b.append(view(int(rng.choice(groups[k]))))
-        logits = head(torch.stack(a)) @ head(torch.stack(b)).T / TAU
+            a.append(window(int(rng.choice(groups[k]))))
+            b.append(window(int(rng.choice(groups[k]))))
+        logits = head(views(a)) @ head(views(b)).T / TAU
         loss = (torch.nn.functional.cross_entropy(logits, labels)
                 + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
         opt.zero_grad()

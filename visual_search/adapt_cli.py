@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--folder", help="folder of catalog photos")
     p.add_argument("--out", default="run/adapted-model", help="output model directory")
     p.add_argument("--steps", type=int, help="head training steps (default: the export recipe's)")
-    p.add_argument("--max-photos", type=int, help="photos used, evenly spaced (default 2000)")
+    p.add_argument("--max-photos", type=int, help="photos used, evenly spaced (default 1000)")
     p.add_argument("--base", help="model directory to adapt from (default artifacts/models)")
     p.add_argument("--skip-int8", action="store_true", help="FP32 only")
     p.set_defaults(func=run)
