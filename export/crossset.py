@@ -117,8 +117,8 @@ def adapt(base: Model, f: SetFeatures, steps: int = ADAPT_STEPS,
           progress: Callable[[int, int], None] | None = None) -> Model:
     """`vsearch adapt`'s recipe: the base model's head trained further on one catalog's photos and
     their detected objects (self-supervised; scales kept, so the backbone graph is unchanged)."""
-    proj = head.train(windows(f), f.catalog_groups(), base.proj, steps=steps, channel_scale=base.channel_scale(),
-                      progress=progress)
+    proj = head.train(windows(f), f.catalog_groups(), base.proj, steps=steps,
+                      channel_scale=base.channel_scale(), progress=progress)
     return Model(base.scales, proj, base.fitted_on + ["(adapted, unlabeled)"],
                  base.recipe + f" + adapt {steps}")
 
