@@ -69,7 +69,8 @@ class WindowGeM:
         e, y, x, h, w = wins.T
         t = self.integral
         s = t[e, :, y + h, x + w] - t[e, :, y, x + w] - t[e, :, y + h, x] + t[e, :, y, x]
-        return (np.clip(s, 0, None) / (h * w)[:, None]) ** (1.0 / GEM_P)  # type: ignore[no-any-return]
+        mean = np.clip(s, 0, None) / (h * w)[:, None]
+        return (mean ** (1.0 / GEM_P)).astype(np.float32)  # type: ignore[no-any-return]
 
 
 def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: int = STEPS,
