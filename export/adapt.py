@@ -133,7 +133,11 @@ def _int8(out: Path, meta: dict[str, str], calib: list[Path], gate_photos: list[
     from export import gates, quantize
 
     src, dst = out / "encoder_fp32.onnx", out / "encoder_int8.onnx"
-    quantize.quantize(src, dst, C.ENCODER_INPUT_NAME, quantize.calibration_batches("encoder", calib),
+    from export.data import encoder_batches
+
+    b = min(16, len(calib))  # equal batches: percentile calibration stacks them
+    calib = calib[: len(calib) // b * b]
+    quantize.quantize(src, dst, C.ENCODER_INPUT_NAME, list(encoder_batches(calib, batch=b)),
                       quantize.ENCODER_RECIPE)
     m8 = dict(meta)
     m8.update(precision="int8", quantization=quantize.ENCODER_RECIPE.describe(),
