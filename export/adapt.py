@@ -230,9 +230,9 @@ def next_steps(out: Path, rep: dict[str, Any]) -> str:
     v = rep["served_model_version"]
     return "\n".join([
         f"adapted model {v} ({p}) in {out}; serve it and cut over:",
-        f"  python -m ensemble.generate --precision {p} --detector {out}/detector_fp32.onnx "
-        f"--encoder {out}/encoder_{p}.onnx --out run/repo-adapted",
-        "  vsearch triton --repo run/repo-adapted ...            # a second tritonserver on its own port",
+        f"  vsearch triton serve --precision {p} --detector {out}/detector_fp32.onnx "
+        f"--encoder {out}/encoder_{p}.onnx --run-dir run/triton-adapted --grpc-port 8101 "
+        "--http-port 8100 --metrics-port 8102     # a second tritonserver",
         f"  vsearch shard --model-version {v} ...                 # empty new shards, same count",
         "  vsearch cutover run --admin A --catalog <catalog manifest/folder> --new-shards 'h:p;h:p' "
         "--new-triton T --probes probes.json --gateway G",
