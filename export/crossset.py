@@ -33,7 +33,7 @@ import numpy as np
 
 from export import head
 from export.encoder import Projection, fit_pca
-from export.env import ARTIFACTS, REPO, SHARED
+from export.env import ARTIFACTS, DATASETS, REPO, SHARED
 from export.features import SetFeatures, cached
 from visual_search.eval import metrics as M
 
@@ -138,7 +138,7 @@ def shipped_model(path: Path | None = None) -> Model:
     comps = next(v for v in inits.values() if v.shape == (2560, 256))
     return Model(parse_scales(meta["backbone_scales"]),
                  Projection(mean.astype(np.float32), np.ascontiguousarray(comps.T).astype(np.float32)),
-                 ["oxford_pets_dogs", "grocery_packages_dev"], f"shipped {meta['model_version']}")
+                 list(DATASETS), f"shipped {meta['model_version']}")
 
 
 def _item_scores(q: np.ndarray, cat: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
