@@ -213,7 +213,12 @@ class ShardFanout:
         )
 
     async def _search_one(
-        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float, budget: float | None
+        self,
+        rs: ReplicaSet,
+        req: shard_pb2.SearchRequest,
+        deadline: float,
+        budget: float | None,
+        answered: asyncio.Event,
     ) -> tuple[shard_pb2.SearchResponse, int]:
         t0 = time.monotonic()
         budget = self.shard_budget(rs) if budget is None else budget
@@ -224,11 +229,21 @@ class ShardFanout:
         # slower raises its own budget; a stalled one never answers and changes nothing).
         call_deadline = min(deadline, t0 + max(budget, self.cfg.shard_budget_max_ms / 1e3))
         task = asyncio.ensure_future(self._call(rs, "Search", req, call_deadline, hedge=True))
+        waiter: asyncio.Future[Any] | None = None
         try:
             done, _ = await asyncio.wait({task}, timeout=budget)
+            if task not in done and not answered.is_set():
+                # No shard has answered yet (an overloaded host slows them all): the budget drops
+                # the slow ones from an answer, it must not turn a slow answer into none. Wait for
+                # this shard or the first other one, at most to the call's own deadline.
+                waiter = asyncio.ensure_future(answered.wait())
+                done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             raise
+        finally:
+            if waiter is not None:
+                waiter.cancel()
         if task in done:
             return task.result()
         if rs.late_call is None:
@@ -243,9 +258,16 @@ class ShardFanout:
     ) -> FanoutResult:
         """Query every shard in parallel, each within its time budget (`budget` seconds, else the
         shard's own, see shard_budget) and the deadline; a shard that errs or runs over is listed
-        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer
-        than its budget."""
-        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline, budget)) for rs in self.shards]
+        missing, not fatal (unless all miss): once one shard answered, the answer never waits for a
+        stalled shard longer than its budget; while none has, they get up to the budget cap."""
+        answered = asyncio.Event()
+
+        async def one(rs: ReplicaSet) -> tuple[shard_pb2.SearchResponse, int]:
+            out = await self._search_one(rs, req, deadline, budget, answered)
+            answered.set()
+            return out
+
+        tasks = [asyncio.ensure_future(one(rs)) for rs in self.shards]
         result = FanoutResult()
         try:
             await asyncio.wait(tasks)
@@ -282,8 +304,8 @@ class ShardFanout:
         return resp  # type: ignore[no-any-return]
 
     async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> WriteOutcome:
-        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once the write
-        quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
+        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once the
+        write quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
         Raises ShardCallError when a replica refuses the request itself, ShardUnavailable below
         the quorum (a replica that did apply it passes it on through repair; a retry supersedes)."""
         rs = self.shards[shard_id]

@@ -281,7 +281,8 @@ class ShardEngine:
                 self._apply_delete(list(dreq.item_ids), dreq.version, seq)
             elif op == OP_METADATA:
                 req_md = shard_pb2.UpdateMetadataRequest.FromString(payload)
-                self._apply_metadata(self._plan_metadata(req_md.patches, req_md.version)[0], req_md.version, seq)
+                plan = self._plan_metadata(req_md.patches, req_md.version)[0]
+                self._apply_metadata(plan, req_md.version, seq)
             elif op == OP_SYNC:
                 self._apply_sync(shard_pb2.SyncRecord.FromString(payload), seq)
             n += 1
@@ -488,7 +489,10 @@ class ShardEngine:
                         if stored is not None:
                             st = self._stored(stored, include_vectors=True)
                             rec.items.add(
-                                item_id=p.item_id, metadata=st.metadata, entries=st.entries, version=st.version
+                                item_id=p.item_id,
+                                metadata=st.metadata,
+                                entries=st.entries,
+                                version=st.version,
                             )
             elif op == OP_SYNC:  # forwarded: what this replica pulled from a third one
                 got = shard_pb2.SyncRecord.FromString(payload)
