@@ -146,16 +146,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     }
     result["arguments"].pop("func", None)
     xb = clustered(args.n, dim, args.clusters, args.spread, rng)
-    xq = clustered(
-        args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed)
-    )  # same centres
-    xq = (
-        clustered(args.n + args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed))[
-            args.n :
-        ]
-        if args.queries
-        else xq
-    )
+    # Queries: the rows after the first n of a set drawn with the same seed, so the same centres as xb.
+    xq = clustered(args.n + args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed))[
+        args.n :
+    ]
     print(f"data {args.n}x{dim} in {time.time() - t0:.1f}s", flush=True)
     if args.only == "grpc":
         return _run_grpc_only(args, result, xb, xq, t0)
