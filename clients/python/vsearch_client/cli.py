@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("photo", nargs="?", help="query photo")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--box", help="explicit box x1,y1,x2,y2 in pixels")
-    g.add_argument("--box-index", type=int, help="a detection's index as `vsearch detect` lists them")
+    g.add_argument("--box-index", type=int, help="a detection's index as the detect command lists them")
     g.add_argument("--all-objects", action="store_true", help="one result list per detected object")
     g.add_argument("--whole-image", action="store_true", help="search the whole photo, no detection")
     p.add_argument("--item", help="more like this indexed item id (instead of a photo)")
