@@ -5,7 +5,8 @@ ratio: MAX_IMAGE_PIXELS at MAX_ASPECT_RATIO (e.g. 28284x1414), as a small compre
 and tall. A real stack (`vsearch up`'s Stack: tritonserver + shards + gateway) gets it through
 every path that decodes or resizes an image - Search (default box, whole image, all objects,
 explicit box), Detect, IndexItems, and Triton directly - and, side by side in the same run, a
-normal photo (tests/data/bus.jpg, the baseline) and the over-limit inputs of issue 12 (refused).
+normal photo (tests/data/bus.jpg, the baseline), the largest accepted square photo (what the pixel
+limit alone costs) and the over-limit inputs of issue 12 (refused).
 
 Peak RSS per process and phase comes from the kernel's high-water mark (VmHWM in
 /proc/<pid>/status), reset before each phase by writing 5 to /proc/<pid>/clear_refs; a 20 ms
@@ -96,11 +97,10 @@ def _stub_name(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return f"pid{pid}"
-    for a in argv:
-        s = a.decode(errors="replace")
-        if s.endswith("model.py"):
-            return Path(s).parent.parent.name
-    return Path(argv[0].decode(errors="replace")).name or f"pid{pid}"
+    args = [a.decode(errors="replace") for a in argv if a]
+    if len(args) > 2 and args[1].endswith("model.py"):
+        return args[-2]  # the instance name, e.g. crop_0_1
+    return Path(args[0]).name if args else f"pid{pid}"
 
 
 class Processes:
@@ -115,9 +115,7 @@ class Processes:
             self.roles[f"shard{sp.shard_id}" + (f"-r{i}" if stack.opts.replicas > 1 else "")] = sp.proc.pid
         stubs: dict[str, int] = {}
         for pid in _descendants(stack.triton.proc.pid)[1:]:
-            name = _stub_name(pid)
-            n = sum(1 for k in stubs if k.split("#")[0] == name)
-            stubs[f"{name}#{n}"] = pid
+            stubs[_stub_name(pid)] = pid
         self.roles.update({f"triton_stub:{k}": v for k, v in sorted(stubs.items())})
         self.hwm_reset = True
         self._sampled: dict[str, int] = {}
@@ -260,8 +258,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     load_start = round(os.getloadavg()[0], 2)
     long, short = worst_size()
+    side = math.isqrt(C.MAX_IMAGE_PIXELS)
     inputs = {
         "baseline bus.jpg": BUS.read_bytes(),
+        f"largest accepted square {side}x{side}": compressible_png(side, side, seed=2),
         f"worst accepted wide {long}x{short}": compressible_png(long, short),
         f"worst accepted tall {short}x{long}": compressible_png(short, long, seed=1),
     }
@@ -327,6 +327,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         role: {
             "baseline_peak_mb": results["baseline bus.jpg"]["peak_rss_mb"].get(role, {}).get("peak_rss_mb"),
+            "largest_square_peak_mb": next(
+                results[k]["peak_rss_mb"].get(role, {}).get("peak_rss_mb") for k in results if "square" in k
+            ),
             "worst_accepted_peak_mb": max(
                 (results[k]["peak_rss_mb"].get(role, {}).get("peak_rss_mb") or 0.0) for k in worst
             ),
@@ -369,7 +372,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
-    p.add_argument("--repeat", type=int, default=2, help="requests per path and input")
+    p.add_argument("--repeat", type=int, default=1, help="requests per path and input")
     p.add_argument("--concurrency", type=int, default=4, help="parallel worst-input requests (1 = skip)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "memory_worst_input.json")
     p.set_defaults(func=_main)
