@@ -59,7 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="admin gRPC port (model switch/rollback, admin.proto); 0 = off [env]")
     p.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (keep it private)")
     p.add_argument("--admin-token", default=env("VSEARCH_ADMIN_TOKEN"),
-                   help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
+                   help="require 'authorization: Bearer <token>' on admin calls; the admin port refuses "
+                   "to start without one [env VSEARCH_ADMIN_TOKEN]")
+    p.add_argument("--insecure-admin", action="store_true",
+                   help="run the admin port WITHOUT a token (anyone local may switch models): only on a "
+                   "loopback --admin-host; logged as a warning")
+    p.add_argument("--shard-token-file", default=env("VSEARCH_SHARD_TOKEN_FILE"),
+                   help="file holding the token sent on every shard call (else env VSEARCH_SHARD_TOKEN)")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
     p.add_argument(
@@ -71,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     from visual_search.gateway.config import GatewayConfig, ShardMap
+    from visual_search.shard.auth import load_token
 
     return GatewayConfig(
         shard_map=ShardMap.parse(args.shards), host=args.host, port=args.port, metrics_port=args.metrics_port,
@@ -86,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
+        insecure_admin=args.insecure_admin, shard_token=load_token(args.shard_token_file),
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
     )
@@ -93,10 +101,18 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
-    from visual_search.gateway.server import run_until_signalled
+    from visual_search import logs
+    from visual_search.gateway.server import StartRefused, run_until_signalled
+    from visual_search.shard.auth import TokenError
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_until_signalled(config_from_args(args)))
+    logs.setup("gateway", args.log_level)  # one JSON object per line (visual_search/logs.py)
+    try:
+        asyncio.run(run_until_signalled(config_from_args(args)))
+    except (StartRefused, TokenError) as e:
+        import logging
+
+        logging.getLogger("visual_search.gateway").error("refusing to start: %s", e)
+        print(f"vsearch gateway: refusing to start: {e}", flush=True)
+        return 2
     return 0

@@ -115,6 +115,9 @@ class GatewayConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str | None = None
+    insecure_admin: bool = False  # admin port without a token: only on a loopback admin_host
+    # Token sent on every shard call (shard/auth.py); None = the configured one (env / token file).
+    shard_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
     extra: dict[str, str] = field(default_factory=dict)
 

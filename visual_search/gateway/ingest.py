@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from visual_search import ids
+from visual_search.errors import public_message
 from visual_search.gateway import validation as V
 from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable, WriteOutcome
@@ -163,9 +164,9 @@ class Indexer:
         except InferenceError as e:
             res.error_code, res.error = inference_status(e).name, f"inference failed: {e.message}"
         except ShardCallError as e:
-            res.error_code, res.error = e.code.name, str(e)
+            res.error_code, res.error = e.code.name, public_message(str(e))
         except ShardUnavailable as e:
-            res.error_code, res.error = "UNAVAILABLE", str(e)
+            res.error_code, res.error = "UNAVAILABLE", public_message(str(e))
         except TimeoutError:
             res.error_code, res.error = "DEADLINE_EXCEEDED", "item not indexed before its deadline"
         return res

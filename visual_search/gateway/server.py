@@ -23,6 +23,7 @@ from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.service import VisualSearchService
+from visual_search.shard.auth import is_loopback
 from visual_search.v1 import admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,35 @@ async def _first_generation(cfg: GatewayConfig, metrics: GatewayMetrics) -> Gene
     return router
 
 
+class StartRefused(RuntimeError):
+    """A configuration the gateway will not run with (e.g. an open admin port)."""
+
+
+def check_admin_security(cfg: GatewayConfig) -> None:
+    """The admin port switches the served model: it needs a token, or an explicit insecure flag on
+    a loopback bind (then a WARNING says so). Checked before anything is started."""
+    if not cfg.admin_port or cfg.admin_token:
+        return
+    if not cfg.insecure_admin:
+        raise StartRefused(
+            "--admin-port is set without --admin-token (env VSEARCH_ADMIN_TOKEN); give a token, or "
+            "--insecure-admin on a loopback --admin-host for local experiments"
+        )
+    if not is_loopback(cfg.admin_host):
+        raise StartRefused(
+            f"--insecure-admin is only allowed on a loopback --admin-host, not {cfg.admin_host!r}"
+        )
+    log.warning(
+        "INSECURE: admin port without a token (--insecure-admin): any local process can switch or "
+        "roll back the served model",
+        extra={"admin_host": cfg.admin_host, "admin_port": cfg.admin_port},
+    )
+
+
 async def _start_admin(
     cfg: GatewayConfig, router: GenerationRouter, metrics: GatewayMetrics
 ) -> tuple[Any, int]:
-    interceptors = [TokenAuthInterceptor(cfg.admin_token)] if cfg.admin_token else []
+    interceptors = [TokenAuthInterceptor(cfg.admin_token, log_denials=True)] if cfg.admin_token else []
     server = grpc.aio.server(interceptors=interceptors)
     admin_pb2_grpc.add_GatewayAdminServicer_to_server(AdminService(router, cfg, metrics), server)
     port = server.add_insecure_port(f"{cfg.admin_host}:{cfg.admin_port}")
@@ -103,6 +129,7 @@ async def _start_admin(
 
 
 async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = None) -> Gateway:
+    check_admin_security(cfg)
     metrics = metrics or GatewayMetrics()
     router = await _first_generation(cfg, metrics)
     version = router.current.model_version
