@@ -22,6 +22,13 @@ MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS: Final = 40_000_000  # decompression-bomb guard (width * height)
 MIN_IMAGE_SIDE: Final = 8
 
+# ---- gateway health (grpc.health.v1 service names) -------------------------------------------
+# "" and the VisualSearch service name: the gateway process serves (vector / item-id queries work
+# while the shards do). The photo name is NOT_SERVING while Triton is unreachable: Detect, photo
+# Search and IndexItems fail then, vector and item-id queries keep working.
+HEALTH_PHOTO_QUERIES: Final = "visual_search.v1.VisualSearch/photo"
+HEALTH_VECTOR_QUERIES: Final = "visual_search.v1.VisualSearch/vector"
+
 # ---- search limits --------------------------------------------------------------------------
 MAX_K: Final = 1000
 MAX_RESCORE_K: Final = 10_000
