@@ -7,9 +7,10 @@ in a bounded thread pool (gateway/cpu.py).
 Setup: two real shard processes with synthetic items, a real Triton (unless --no-triton) and two
 real gateways on the same shards and Triton: the current one (decode in the pool) and the
 baseline started with --cpu-inline (decode on the event loop, as before). For each gateway, in
-order: cheap queries alone (concurrency 1, alternating vector and item-id queries), then the same
-cheap queries while `--loaders` threads send a large JPEG (default 6000x6000) as photo Searches
-back to back. -> benchmarks/gateway_loop.json.
+order: `--queries` cheap queries alone (concurrency 1, alternating vector and item-id queries),
+then cheap queries back to back for `--load-seconds` while `--loaders` threads send a large JPEG
+(default 6000x6000) as photo Searches back to back (time-based, so several photos are decoded by
+the gateway during the phase even when Triton takes seconds per photo). -> benchmarks/gateway_loop.json.
 """
 
 from __future__ import annotations
@@ -145,9 +146,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     Client(gw.address, timeout=60, retries=0) as c,
                 ):
 
-                    def cheap(n: int) -> dict[str, Any]:
+                    def cheap(n: int, seconds: float = 0.0) -> dict[str, Any]:
+                        """n queries, or (seconds > 0) as many as fit in that time."""
                         lat, errors, partial = [], 0, 0
-                        for i in range(n):
+                        end = time.monotonic() + seconds
+                        for i in range(n if not seconds else 10**9):
+                            if seconds and time.monotonic() > end:
+                                break
                             t0 = time.perf_counter()
                             try:
                                 if i % 2:
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cheap(args.warmup)
                     alone = cheap(args.queries)
                     with _PhotoLoad(gw.address, photo, args.loaders) as load:
-                        loaded = cheap(args.queries)
+                        loaded = cheap(0, args.load_seconds)
                     results[name] = {"cheap_alone": alone, "cheap_with_photo_load": loaded, **load.summary()}
         finally:
             for sp in shards:
@@ -213,7 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--items", type=int, default=5_000)
     p.add_argument("--queries", type=int, default=300, help="cheap queries per phase")
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--loaders", type=int, default=2, help="threads sending the large photo")
+    p.add_argument("--load-seconds", type=float, default=40.0,
+                   help="length of the loaded phase (cheap queries back to back meanwhile)")
+    p.add_argument("--loaders", type=int, default=3, help="threads sending the large photo")
     p.add_argument("--side", type=int, default=6000, help="large photo side, pixels")
     p.add_argument("--no-triton", action="store_true", help="gateway without Triton (decode only)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "gateway_loop.json")
