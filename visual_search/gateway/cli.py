@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="photos being decoded or waiting at once; more get RESOURCE_EXHAUSTED")
     p.add_argument("--cpu-inline", action="store_true",
                    help="decode photos on the event loop (the old behaviour; benchmark baseline only)")
+    p.add_argument("--triton-health-interval", type=float, default=1.0,
+                   help="seconds between Triton readiness checks (photo-queries health name)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -94,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
-        cpu_workers=args.cpu_workers, cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
+        triton_health_interval_s=args.triton_health_interval, cpu_workers=args.cpu_workers,
+        cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
     )
 
 
