@@ -204,7 +204,8 @@ def test_bad_content_length_gets_a_json_answer(web: Web, content_length: str, wa
 
 
 def test_body_shorter_than_content_length_and_chunked_and_oversized(web: Web) -> None:
-    pre = b"POST /api/search HTTP/1.1\r\nHost: " + web.host.encode() + b"\r\nContent-Type: application/json\r\n"
+    pre = b"POST /api/search HTTP/1.1\r\nHost: " + web.host.encode()
+    pre += b"\r\nContent-Type: application/json\r\n"
     status, body = _status_and_json(web.raw(pre + b"Content-Length: 100\r\n\r\n{}"))  # client closes early
     _assert_4xx(status, body, 400)
     assert "shorter" in body["error"]
