@@ -96,8 +96,49 @@ def test_sigkill_triton_cleans_up_restarts_and_health_follows(tmp_path: Path) ->
         for p in tr.shm_regions():
             assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0
         new_regions = tr.shm_regions()
+
+        # a SIGKILLed shard is restarted on its port and data; queries work again
+        sp = stack.shards[0]
+        old = sp.proc.pid
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        events = stack.supervisor.events
+        while not any(e["child"] == "shard0-0" and e["event"] == "restarted" for e in events):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.2)
+        assert sp.proc.pid != old and sp.proc.poll() is None
+        cheap_queries_work()
     # after a normal stop nothing of Triton's is left
     assert not [p for p in new_regions if p.exists()]
+
+
+def test_restarts_are_bounded_with_exponential_backoff(tmp_path: Path) -> None:
+    """A child that keeps dying: restarted with doubling delays, then given up (logged)."""
+    import subprocess
+    import sys
+
+    from visual_search.supervise import Child, Supervisor
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:  # a real process that exits at once, in its own process group
+        procs.append(subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True))
+
+    start()
+    sup = Supervisor(
+        [Child("flaky", lambda: procs[-1], start)], poll_s=0.05, base_delay_s=0.1, max_attempts=3
+    ).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(e["event"] == "gave_up" for e in sup.events):
+            assert time.monotonic() < deadline, sup.events
+            time.sleep(0.05)
+    finally:
+        sup.stop()
+    delays = [e["delay_s"] for e in sup.events if e["event"] == "restarting"]
+    assert delays == [0.1, 0.2, 0.4]
+    assert len(procs) == 4 and all(p.wait(5) == 3 for p in procs)
+    assert [e["returncode"] for e in sup.events if e["event"] == "exited"] == [3, 3, 3, 3]
 
 
 def _state(pid: int) -> str:
