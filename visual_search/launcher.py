@@ -141,7 +141,9 @@ class Stack:
         def triton_proc() -> Any:
             return triton.proc
 
-        children = [Child("triton", triton_proc, lambda: triton.start(), triton_cleanup)]
+        children = [
+            Child("triton", triton_proc, lambda: triton.start(), triton_cleanup, tick=triton.protect_shm)
+        ]
         for i, sp in enumerate(self.shards):
             name = f"shard{i // self.opts.replicas}-{i % self.opts.replicas}"
             children.append(Child(name, functools.partial(getattr, sp, "proc"), sp.start))

@@ -31,6 +31,7 @@ class Child:
     proc: Callable[[], Any]  # -> the current subprocess.Popen (or None)
     restart: Callable[[], None]  # start again (same ports and data); may raise
     cleanup: Callable[[], str] = lambda: ""  # after an exit: kill leftovers; returns a summary
+    tick: Callable[[], None] = lambda: None  # every poll while it runs (e.g. re-protect shm regions)
     attempts: int = 0
     up_since: float = field(default_factory=time.monotonic)
     given_up: bool = False
@@ -87,6 +88,7 @@ class Supervisor:
             return
         rc = proc.poll()
         if rc is None:
+            child.tick()
             if child.attempts and time.monotonic() - child.up_since > self.stable_s:
                 child.attempts = 0  # stayed up: the next crash starts the backoff afresh
             return

@@ -128,7 +128,8 @@ class TritonServer:
         return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
 
     def protect_shm(self) -> None:
-        """Owner-only modes on the regions (the backend may create them 0644 whatever the umask)."""
+        """Owner-only modes on the regions: the python backend creates them 0644 whatever the umask
+        (measured), and query photos pass through them."""
         for p in self.shm_regions():
             with contextlib.suppress(OSError):
                 p.chmod(0o600)
@@ -169,6 +170,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
+            self.protect_shm()  # regions appear while models load, before Triton is ready
             if self.proc.poll() is not None:
                 raise TritonError(f"tritonserver exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
@@ -177,7 +179,7 @@ class TritonServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         self.stop()
         raise TritonError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
