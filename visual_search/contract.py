@@ -30,6 +30,13 @@ MAX_ASPECT_RATIO: Final = 20.0
 # the detector keeps at most DETECTOR_MAX_DETECTIONS; a direct Triton caller may send no more.
 MAX_BOXES_PER_IMAGE: Final = 20
 
+# ---- gateway health (grpc.health.v1 service names) -------------------------------------------
+# "" and the VisualSearch service name: the gateway process serves (vector / item-id queries work
+# while the shards do). The photo name is NOT_SERVING while Triton is unreachable: Detect, photo
+# Search and IndexItems fail then, vector and item-id queries keep working.
+HEALTH_PHOTO_QUERIES: Final = "visual_search.v1.VisualSearch/photo"
+HEALTH_VECTOR_QUERIES: Final = "visual_search.v1.VisualSearch/vector"
+
 # ---- search limits --------------------------------------------------------------------------
 MAX_K: Final = 1000
 MAX_RESCORE_K: Final = 10_000

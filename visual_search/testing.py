@@ -82,8 +82,10 @@ class ShardProcess:
         extra_args: list[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 120.0,
+        new_session: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.new_session = new_session  # own process group (the launcher's supervisor kills it whole)
         self.port = port or free_port()
         self.shard_id = shard_id
         self.model_version = model_version
@@ -127,7 +129,9 @@ class ShardProcess:
             raise RuntimeError("shard already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=self.new_session
+            )
         if wait:
             wait_healthy(self.address, self.startup_timeout, self.proc)
         return self

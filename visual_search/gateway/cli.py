@@ -72,6 +72,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--two-call-default-box", action="store_true",
         help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
     )
+    p.add_argument("--cpu-workers", type=int, default=2,
+                   help="threads decoding / hashing photos off the event loop")
+    p.add_argument("--cpu-max-pending", type=int, default=16,
+                   help="photos being decoded or waiting at once; more get RESOURCE_EXHAUSTED")
+    p.add_argument("--cpu-inline", action="store_true",
+                   help="decode photos on the event loop (the old behaviour; benchmark baseline only)")
+    p.add_argument("--triton-health-interval", type=float, default=1.0,
+                   help="seconds between Triton readiness checks (photo-queries health name)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -96,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         insecure_admin=args.insecure_admin, shard_token=load_token(args.shard_token_file),
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
+        triton_health_interval_s=args.triton_health_interval, cpu_workers=args.cpu_workers,
+        cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
     )
 
 

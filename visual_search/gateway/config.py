@@ -109,6 +109,12 @@ class GatewayConfig:
     index_triton_concurrency: int = 4
     index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
+    # Photo decode + pHash run off the event loop (gateway/cpu.py): threads, and jobs admitted at
+    # once (running + queued; past it RESOURCE_EXHAUSTED). cpu_inline = on the loop (bench baseline).
+    cpu_workers: int = 2
+    cpu_max_pending: int = 16
+    cpu_inline: bool = False
+    triton_health_interval_s: float = 1.0  # how often Triton's readiness is polled for health
     write_quorum: str = "majority"  # WRITE_QUORUMS
     write_grace_s: float = 0.5  # after the quorum answered, how long the other replicas get
     # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.

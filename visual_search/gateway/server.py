@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from visual_search import contract as C
 from visual_search.gateway.admin import AdminService
 from visual_search.gateway.auth import TokenAuthInterceptor
 from visual_search.gateway.config import GatewayConfig, ShardMap
@@ -53,6 +54,7 @@ class Gateway:
     port: int
     admin_server: grpc.aio.Server | None = None
     admin_port: int = 0
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def service(self) -> VisualSearchService:
@@ -60,6 +62,8 @@ class Gateway:
         return self.router.current.service
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         if self.admin_server is not None:
             await self.admin_server.stop(0)
@@ -117,6 +121,36 @@ def check_admin_security(cfg: GatewayConfig) -> None:
     )
 
 
+async def _triton_ready(router: GenerationRouter, timeout: float) -> bool:
+    """Is the current generation's Triton ready? False when none is configured."""
+    emb = router.current.service.embedder
+    is_ready = getattr(emb, "is_ready", None)
+    if is_ready is None:
+        return False
+    try:
+        return bool(await asyncio.wait_for(is_ready(), timeout))
+    except Exception:  # noqa: BLE001 - unreachable in any way = not ready
+        return False
+
+
+async def watch_triton(router: GenerationRouter, hs: health.aio.HealthServicer, interval: float) -> None:
+    """Keep the photo-queries health name in step with Triton's readiness (vector queries are
+    served either way); log each change once."""
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    state = None
+    while True:
+        ready = await _triton_ready(router, max(0.5, interval))
+        if ready != state:
+            await hs.set(C.HEALTH_PHOTO_QUERIES, serving if ready else not_serving)
+            if state is not None or not ready:
+                log.warning(
+                    "Triton %s: photo queries %s; vector and item-id queries still served",
+                    "ready" if ready else "unreachable", "SERVING" if ready else "NOT_SERVING",
+                )
+            state = ready
+        await asyncio.sleep(interval)
+
+
 async def _start_admin(
     cfg: GatewayConfig, router: GenerationRouter, metrics: GatewayMetrics
 ) -> tuple[Any, int]:
@@ -156,11 +190,17 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
     admin_server, admin_port = await _start_admin(cfg, router, metrics) if cfg.admin_port else (None, 0)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port, cfg.host)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, C.HEALTH_VECTOR_QUERIES):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    ready = await _triton_ready(router, 5.0)
+    await hs.set(
+        C.HEALTH_PHOTO_QUERIES,
+        health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    watcher = asyncio.create_task(watch_triton(router, hs, cfg.triton_health_interval_s))
     n = cfg.shard_map.num_shards
     log.info("gateway serving model %s on %s:%d (%d shards)", version, cfg.host, port, n)
-    return Gateway(server, router, hs, port, admin_server, admin_port)
+    return Gateway(server, router, hs, port, admin_server, admin_port, watcher)
 
 
 async def run_until_signalled(cfg: GatewayConfig) -> None:
