@@ -140,7 +140,7 @@ def test_gateway_shard_map_lists_every_replica(value_set: str) -> None:
     values = load_values(value_set)
     n, r, port = values["shards"]["count"], values["shards"]["replicas"], values["shards"]["port"]
     docs = render(value_set)
-    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["gateway.json"])
+    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["shards.json"])
     expected = [
         [
             f"vs-visual-search-shard-{i}-{j}.vs-visual-search-shard-{i}.{NS}.svc.cluster.local:{port}"
@@ -149,8 +149,9 @@ def test_gateway_shard_map_lists_every_replica(value_set: str) -> None:
         for i in range(n)
     ]
     assert config["shards"] == expected
-    assert config["model_version"] == values["modelVersion"]
-    assert config["triton_url"] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
+    args = pod_spec(one(docs, "Deployment", "-gateway"))["containers"][0]["args"]
+    assert args[args.index("--shards") + 1] == "/etc/vsearch/gateway/shards.json"
+    assert args[args.index("--triton") + 1] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
     # Every address names a pod the StatefulSets actually create.
     pods = {
         f"{s['metadata']['name']}-{j}"
@@ -182,11 +183,10 @@ def test_tls_and_auth_wiring() -> None:
     }
     # existingSecret given: the chart renders no Secret of its own.
     assert of_kind(docs, "Secret") == []
-    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["gateway.json"])
-    assert (
-        config["tls_cert"] == "/etc/vsearch/tls/tls.crt" and config["tls_key"] == "/etc/vsearch/tls/tls.key"
-    )
-    assert config["dedup_threshold"] == 0.95  # extraConfig merged
+    args = container["args"]
+    assert args[args.index("--tls-cert") + 1] == "/etc/vsearch/tls/tls.crt"
+    assert args[args.index("--tls-key") + 1] == "/etc/vsearch/tls/tls.key"
+    assert args[args.index("--dedup-threshold") + 1] == "0.95"  # extraArgs appended
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "vsearch-gateway-tls"
     # kubelet gRPC probes are plaintext: with TLS the gateway is probed on its TCP socket.
