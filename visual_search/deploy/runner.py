@@ -169,7 +169,9 @@ def _triton_image(home: Path) -> Emulation:
         return argv
 
     env = triton_env(DEFAULT_TRITON_HOME)
-    keep = {k: env[k] for k in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS") if k in env}
+    keep: dict[str, str] = {
+        k: env[k] for k in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS") if k in env
+    }
     return Emulation(["/opt/nvidia/nvidia_entrypoint.sh"], resolve, {**_base_env(home), **keep}, {})
 
 
@@ -204,7 +206,9 @@ def emulation_for(image: str, home: Path, run_dir: Path) -> Emulation:
         return _triton_image(home)
     if last == "model-repository":
         return _model_repository_image(home, run_dir)
-    raise DeployError(f"image {image!r} has no local emulation (known: vsearch, tritonserver, model-repository)")
+    raise DeployError(
+        f"image {image!r} has no local emulation (known: vsearch, tritonserver, model-repository)"
+    )
 
 
 # --- string rewriting ------------------------------------------------------------------------------
@@ -345,9 +349,11 @@ class ChartRun:
             m = _PORT_FLAG.match(a)
             if m and int(m.group(2)) in pod.ports:
                 out[i] = f"{m.group(1)}={pod.ports[int(m.group(2))]}"
-            elif i > 0 and out[i - 1].startswith("--") and out[i - 1].endswith("port") and a.isdigit():
-                if int(a) in pod.ports:
-                    out[i] = str(pod.ports[int(a)])
+            elif (
+                i > 0 and out[i - 1].startswith("--") and out[i - 1].endswith("port") and a.isdigit()
+                and int(a) in pod.ports
+            ):
+                out[i] = str(pod.ports[int(a)])
         return out
 
     # ---- volumes ---------------------------------------------------------------------------
@@ -404,7 +410,8 @@ class ChartRun:
             if "secretRef" in src:
                 sec = self.secrets.get(src["secretRef"]["name"])
                 if sec is None:
-                    raise DeployError(f"pod {pod.name}: envFrom Secret {src['secretRef']['name']} not rendered")
+                    name = src["secretRef"]["name"]
+                    raise DeployError(f"pod {pod.name}: envFrom Secret {name} not rendered")
                 env.update({k: base64.b64decode(v).decode() for k, v in sec.get("data", {}).items()})
         for e in container.get("env", []):
             if "value" in e:
@@ -423,7 +430,9 @@ class ChartRun:
                         continue
                     raise DeployError(f"pod {pod.name}: Secret {ref['name']} is not rendered by the chart")
                 raw = sec.get("stringData", {}).get(ref["key"])
-                env[e["name"]] = raw if raw is not None else base64.b64decode(sec["data"][ref["key"]]).decode()
+                if raw is None:
+                    raw = base64.b64decode(sec["data"][ref["key"]]).decode()
+                env[e["name"]] = raw
             elif "configMapKeyRef" in vf:
                 ref = vf["configMapKeyRef"]
                 env[e["name"]] = self.configmaps[ref["name"]]["data"][ref["key"]]
@@ -463,7 +472,8 @@ class ChartRun:
                 proc.kill()
                 raise DeployError(f"{pod.name}: init container {c['name']} timed out") from None
             if rc != 0:
-                raise DeployError(f"{pod.name}: init container {c['name']} exited {rc}:\n{pod.log_tail(c['name'])}")
+                tail = pod.log_tail(c["name"])
+                raise DeployError(f"{pod.name}: init container {c['name']} exited {rc}:\n{tail}")
         for c in pod.containers():
             pod.procs[c["name"]] = self._launch(pod, c, vols)
 
@@ -502,9 +512,8 @@ class ChartRun:
             port = pod.local_port(spec["grpc"]["port"])
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 try:
-                    r = health_pb2_grpc.HealthStub(ch).Check(
-                        health_pb2.HealthCheckRequest(service=spec["grpc"].get("service", "")), timeout=timeout
-                    )
+                    req = health_pb2.HealthCheckRequest(service=spec["grpc"].get("service", ""))
+                    r = health_pb2_grpc.HealthStub(ch).Check(req, timeout=timeout)
                 except grpc.RpcError:
                     return False
                 return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
@@ -539,7 +548,8 @@ class ChartRun:
         for pod in self.pods:
             for cname, proc in pod.procs.items():
                 if proc.poll() is not None:
-                    raise DeployError(f"{pod.name}/{cname} exited with {proc.returncode}:\n{pod.log_tail(cname)}")
+                    tail = pod.log_tail(cname)
+                    raise DeployError(f"{pod.name}/{cname} exited with {proc.returncode}:\n{tail}")
 
     def wait_ready(self, timeout: float = 300.0) -> float:
         """Until every readiness probe passes; returns the seconds it took."""
