@@ -12,7 +12,9 @@ import pytest
 from visual_search.cli import build_parser
 from visual_search.deploy.runner import CHART, helm_binary, helm_template
 
-pytestmark = pytest.mark.skipif(helm_binary() is None, reason="helm binary missing: run scripts/install_helm.sh")
+pytestmark = pytest.mark.skipif(
+    helm_binary() is None, reason="helm binary missing: run scripts/install_helm.sh"
+)
 
 VALUE_SETS = [None, *sorted((CHART / "ci").glob("*.yaml")), Path(__file__).parent / "local-values.yaml"]
 

@@ -85,9 +85,8 @@ def indexed(run: ChartRun) -> dict[str, vc.IndexResult]:
 def test_every_rendered_workload_runs(run: ChartRun) -> None:
     kinds = {(p.kind, p.workload.rsplit("-", 1)[-1] if p.kind == "Deployment" else "shard") for p in run.pods}
     assert {("Deployment", "gateway"), ("Deployment", "triton"), ("StatefulSet", "shard")} <= kinds
-    shards = run.pods_of("")
-    sts = [d for d in run.of_kind("StatefulSet")]
-    assert len([p for p in shards if p.kind == "StatefulSet"]) == sum(d["spec"]["replicas"] for d in sts)
+    sts = run.of_kind("StatefulSet")
+    assert len([p for p in run.pods if p.kind == "StatefulSet"]) == sum(d["spec"]["replicas"] for d in sts)
     hpa = run.of_kind("HorizontalPodAutoscaler")[0]
     assert len([p for p in run.pods if p.workload == GATEWAY]) == hpa["spec"]["minReplicas"]
 
@@ -158,7 +157,9 @@ def test_every_metric_in_the_contract_is_scraped(run: ChartRun, indexed: dict) -
     for pod, url in run.metrics_urls():
         with urllib.request.urlopen(url, timeout=10) as r:
             text = r.read().decode()
-        component = "gateway" if pod.workload == GATEWAY else "shard" if pod.kind == "StatefulSet" else "triton"
+        component = (
+            "gateway" if pod.workload == GATEWAY else "shard" if pod.kind == "StatefulSet" else "triton"
+        )
         exported[component] |= set(re.findall(r"^# TYPE (\S+) \S+$", text, re.M))
     for section, component in (("Gateway", "gateway"), ("Shard", "shard"), ("Triton", "triton")):
         missing = metrics_contract(section) - exported[component]
