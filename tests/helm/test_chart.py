@@ -117,7 +117,9 @@ def test_one_statefulset_per_shard_with_replicas_and_pvcs(value_set: str) -> Non
         assert args[0] == "shard"
         assert args[args.index("--shard-id") + 1] == str(i)
         assert args[args.index("--data-dir") + 1] == "/data"
-        assert args[args.index("--model-version") + 1] == values["modelVersion"]
+        # No version string in values: a fresh shard is stamped with Triton's encoder version.
+        assert "--model-version" not in args
+        assert args[args.index("--triton") + 1] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
         # A headless Service per shard, selecting exactly this shard's pods.
         assert sts["spec"]["serviceName"] == name
         svc = headless[name]
@@ -339,7 +341,7 @@ def test_network_policies_only_gateway_reaches_shards_and_triton() -> None:
     }
     for name, port, callers in (
         ("vs-visual-search-shards", 50061, [gateway_labels, shard_labels]),
-        ("vs-visual-search-triton", 8001, [gateway_labels]),
+        ("vs-visual-search-triton", 8001, [gateway_labels, shard_labels]),  # shards: version stamp
     ):
         rules = policies[name]["spec"]["ingress"]
         api_rule = next(r for r in rules if any(p["port"] == port for p in r["ports"]))
@@ -425,7 +427,7 @@ def test_dashboard_configmap_ships_the_dashboard() -> None:
         (("shards.podAntiAffinity=sometimes",), "podAntiAffinity"),
         (("gateway.port=70000",), "gateway.port"),
         (("canary.minRecall=1.5",), "minRecall"),
-        (("modelVersion=",), "modelVersion"),
+        (("modelVersion=v1",), "modelVersion"),  # gone: Triton is the one version truth
         (("tls.enabled=true",), "existingSecret"),
         (("monitoring.serviceMonitor.interval=soon",), "interval"),
     ],

@@ -404,7 +404,7 @@ class ChartRun:
     # ---- env -------------------------------------------------------------------------------
     def _env(self, pod: Pod, container: dict[str, Any], paths: dict[str, Path]) -> dict[str, str]:
         env: dict[str, str] = {}
-        for src in container.get("envFrom", []):
+        for src in container.get("envFrom") or []:
             if "configMapRef" in src:
                 env.update(self.configmaps[src["configMapRef"]["name"]].get("data", {}))
             if "secretRef" in src:
@@ -413,7 +413,7 @@ class ChartRun:
                     name = src["secretRef"]["name"]
                     raise DeployError(f"pod {pod.name}: envFrom Secret {name} not rendered")
                 env.update({k: base64.b64decode(v).decode() for k, v in sec.get("data", {}).items()})
-        for e in container.get("env", []):
+        for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = self.rewrite(str(e["value"]), pod, paths)
                 continue
@@ -544,12 +544,15 @@ class ChartRun:
                     if kind in c:
                         yield pod, c["name"], kind, c[kind]
 
+    def _check_pod(self, pod: Pod) -> None:
+        for cname, proc in pod.procs.items():
+            if proc.poll() is not None:
+                tail = pod.log_tail(cname)
+                raise DeployError(f"{pod.name}/{cname} exited with {proc.returncode}:\n{tail}")
+
     def check_exited(self) -> None:
         for pod in self.pods:
-            for cname, proc in pod.procs.items():
-                if proc.poll() is not None:
-                    tail = pod.log_tail(cname)
-                    raise DeployError(f"{pod.name}/{cname} exited with {proc.returncode}:\n{tail}")
+            self._check_pod(pod)
 
     def wait_ready(self, timeout: float = 300.0) -> float:
         """Until every readiness probe passes; returns the seconds it took."""
@@ -566,6 +569,20 @@ class ChartRun:
                 raise DeployError(f"not ready after {timeout:.0f}s: {waiting}\n{tails}")
             time.sleep(0.5)
         return time.monotonic() - t0
+
+    def wait_probe(self, pod: Pod, kind: str = "readinessProbe", timeout: float = 300.0,
+                   want: bool = True) -> float:
+        """Until the pod's `kind` probe passes (or, want=False, fails); seconds taken."""
+        t0 = time.monotonic()
+        specs = [c[kind] for c in pod.containers() if kind in c]
+        while True:
+            if all(self.probe(pod, s) for s in specs) == want:
+                return time.monotonic() - t0
+            self._check_pod(pod)
+            if time.monotonic() - t0 > timeout:
+                state = "failing" if want else "passing"
+                raise DeployError(f"{pod.name} {kind} still {state} after {timeout}s")
+            time.sleep(0.3)
 
     def metrics_urls(self) -> list[tuple[Pod, str]]:
         """(pod, URL) of every container port named `metrics` (what the ServiceMonitor scrapes)."""

@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
+    p.add_argument("--version-check-interval", type=float, default=5.0,
+                   help="seconds between checks that Triton's encoder version equals every shard's "
+                   "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
+    p.add_argument("--version-wait", type=float, default=600.0,
+                   help="seconds start-up waits for Triton (or the shards) to report the model version")
     p.add_argument(
         "--two-call-default-box", action="store_true",
         help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
@@ -88,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
+        version_check_s=args.version_check_interval, version_wait_s=args.version_wait,
     )
 
 

@@ -116,6 +116,10 @@ class GatewayConfig:
     admin_port: int = 0
     admin_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
+    # One version truth: seconds between checks of Triton's encoder version against every shard
+    # stamp (gateway/versionguard.py), and how long start-up waits for Triton to report it.
+    version_check_s: float = 5.0
+    version_wait_s: float = 600.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

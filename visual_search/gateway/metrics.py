@@ -75,6 +75,12 @@ class GatewayMetrics:
             "Vector queries refused for their model version (R6)",
             registry=r,
         )
+        self.version_consistent = Gauge(
+            "vsearch_gateway_model_version_consistent",
+            "1 while Triton's encoder version and every reachable shard stamp equal the served "
+            "version; 0 on a mismatch (the gateway is then NOT_SERVING)",
+            registry=r,
+        )
         self.embedding_norm = Histogram(
             "vsearch_gateway_embedding_norm",
             "L2 norm of embeddings from Triton (drift signal)",

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,50 @@ from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.service import VisualSearchService
+from visual_search.gateway.versionguard import VersionGuard
 from visual_search.v1 import admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["VisualSearch"].full_name
+PROCESS_HEALTH = "process"  # same name as the shards' liveness service
 
 
-async def discover_model_version(cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout) -> str:
-    """The served model version: the flag, else Triton's encoder version, else the shards'."""
-    if cfg.model_version:
-        return cfg.model_version
+async def _discover_once(cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout) -> str:
     if embedder is not None:
-        v = await embedder.model_version()
-        if v:
-            return v
+        return await embedder.model_version()  # raises while Triton is unreachable
     loop = asyncio.get_running_loop()
     for st in await fanout.stats(loop.time() + 5.0):
         if st is not None and st.model_version:
             return st.model_version
-    raise RuntimeError("cannot tell the model version: pass --model-version, or start Triton/shards first")
+    return ""
+
+
+async def discover_model_version(
+    cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout, wait_s: float | None = None
+) -> str:
+    """The served model version: the flag, else Triton's encoder version (with Triton configured
+    it is the only truth), else the shards'. Waits up to `wait_s` (cfg.version_wait_s) for Triton
+    to load its models / the shards to start, as on Kubernetes every pod starts at once."""
+    if cfg.model_version:
+        return cfg.model_version
+    wait_s = cfg.version_wait_s if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    last_log = 0.0
+    while True:
+        why = "no version reported"
+        try:
+            v = await _discover_once(cfg, embedder, fanout)
+            if v:
+                return v
+        except Exception as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if time.monotonic() > deadline:
+            src = f"Triton at {cfg.triton_url}" if embedder is not None else "the shards"
+            raise RuntimeError(f"cannot tell the model version: {src} gave none within {wait_s:.0f}s ({why})")
+        if time.monotonic() - last_log > 10:
+            log.info("waiting for the model version (%s)", why)
+            last_log = time.monotonic()
+        await asyncio.sleep(1.0)
 
 
 @dataclass
@@ -52,6 +78,7 @@ class Gateway:
     port: int
     admin_server: grpc.aio.Server | None = None
     admin_port: int = 0
+    guard: VersionGuard | None = None
 
     @property
     def service(self) -> VisualSearchService:
@@ -59,6 +86,8 @@ class Gateway:
         return self.router.current.service
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.guard is not None:
+            await self.guard.stop()
         await self.health.enter_graceful_shutdown()
         if self.admin_server is not None:
             await self.admin_server.stop(0)
@@ -129,11 +158,17 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
     admin_server, admin_port = await _start_admin(cfg, router, metrics) if cfg.admin_port else (None, 0)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port, cfg.host)
-    for name in ("", SERVICE_NAME):
-        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # "process": up and listening (startup/liveness probes). "" and the API service: SERVING only
+    # while Triton and every shard stamp agree on the model version (versionguard.py; readiness).
+    await hs.set(PROCESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+    guard = VersionGuard(router, hs, metrics, cfg.version_check_s, ("", SERVICE_NAME))
+    problem = await guard.check()
+    if cfg.version_check_s > 0:
+        guard.start()
     n = cfg.shard_map.num_shards
-    log.info("gateway serving model %s on %s:%d (%d shards)", version, cfg.host, port, n)
-    return Gateway(server, router, hs, port, admin_server, admin_port)
+    state = "NOT_SERVING (model version mismatch)" if problem else "serving"
+    log.info("gateway %s model %s on %s:%d (%d shards)", state, version, cfg.host, port, n)
+    return Gateway(server, router, hs, port, admin_server, admin_port, guard)
 
 
 async def run_until_signalled(cfg: GatewayConfig) -> None:
