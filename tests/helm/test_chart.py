@@ -372,8 +372,10 @@ def test_monitoring_objects_and_alerts() -> None:
     for name, metric in {
         "VSearchShardP99LatencyHigh": "vsearch_gateway_shard_request_seconds_bucket",
         "VSearchPartialResultsHigh": "vsearch_gateway_partial_results_total",
-        "VSearchIndexStale": "vsearch_shard_index_age_seconds",
-        "VSearchIngestLagHigh": "vsearch_shard_ingest_lag_seconds_bucket",
+        "VSearchIndexFreshnessBehind": "vsearch_shard_last_applied_write_timestamp_seconds",
+        "VSearchIngestBehind": "vsearch_gateway_ingest_behind_seconds",
+        "VSearchCanaryShardRecallLow": "vsearch_canary_shard_recall",
+        "VSearchModelVersionMismatch": "vsearch_gateway_model_version_consistent",
         "VSearchCanaryRecallLow": "vsearch_canary_recall",
         "VSearchEmbeddingNormDrift": "vsearch_gateway_embedding_norm_sum",
         "VSearchTritonQueueTimeHigh": "nv_inference_queue_duration_us",
