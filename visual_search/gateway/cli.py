@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
+    p.add_argument("--generation-source", default=env("VSEARCH_GENERATION_SOURCE"),
+                   help="JSON file naming the generation every gateway pod serves (the chart mounts a "
+                   "ConfigMap; `vsearch cutover publish` writes it); polled, switched to on change [env]")
+    p.add_argument("--generation-poll", type=float, default=1.0,
+                   help="seconds between polls of --generation-source")
     p.add_argument("--version-check-interval", type=float, default=5.0,
                    help="seconds between checks that Triton's encoder version equals every shard's "
                    "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
@@ -94,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
         version_check_s=args.version_check_interval, version_wait_s=args.version_wait,
+        generation_source=args.generation_source or None, generation_poll_s=args.generation_poll,
     )
 
 

@@ -94,6 +94,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.ingest_behind.set_function(self._oldest_pending)
+        self.serving_generation = Gauge(
+            "vsearch_gateway_serving_generation",
+            "Number of the published generation (--generation-source) this pod serves; -1 = none",
+            registry=r,
+        )
+        self.serving_generation.set(-1)
         self.version_consistent = Gauge(
             "vsearch_gateway_model_version_consistent",
             "1 while Triton's encoder version and every reachable shard stamp equal the served "

@@ -22,6 +22,7 @@ from visual_search.gateway.config import GatewayConfig, ShardMap
 from visual_search.gateway.embedder import Embedder
 from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
+from visual_search.gateway.genwatch import GenerationWatcher, read_spec
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.service import VisualSearchService
 from visual_search.gateway.versionguard import VersionGuard
@@ -79,6 +80,7 @@ class Gateway:
     admin_server: grpc.aio.Server | None = None
     admin_port: int = 0
     guard: VersionGuard | None = None
+    watcher: GenerationWatcher | None = None
 
     @property
     def service(self) -> VisualSearchService:
@@ -88,6 +90,8 @@ class Gateway:
     async def stop(self, grace: float = 5.0) -> None:
         if self.guard is not None:
             await self.guard.stop()
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.health.enter_graceful_shutdown()
         if self.admin_server is not None:
             await self.admin_server.stop(0)
@@ -133,6 +137,13 @@ async def _start_admin(
 
 async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = None) -> Gateway:
     metrics = metrics or GatewayMetrics()
+    published = read_spec(cfg.generation_source) if cfg.generation_source else None
+    if published is not None:  # start on the generation every pod serves, not the flags'
+        cfg = dataclasses.replace(
+            cfg, shard_map=ShardMap.parse(published["shards"]),
+            triton_url=published.get("triton_url") or cfg.triton_url,
+        )
+        log.info("starting on published generation %s", published.get("number", 0))
     router = await _first_generation(cfg, metrics)
     version = router.current.model_version
     interceptors = [TokenAuthInterceptor(cfg.auth_token)] if cfg.auth_token else []
@@ -165,10 +176,16 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
     problem = await guard.check()
     if cfg.version_check_s > 0:
         guard.start()
+    watcher = None
+    if cfg.generation_source:
+        watcher = GenerationWatcher(cfg.generation_source, router, cfg, metrics, cfg.generation_poll_s)
+        if published is not None:
+            watcher._set_number(int(published.get("number", 0)))
+        watcher.start()
     n = cfg.shard_map.num_shards
     state = "NOT_SERVING (model version mismatch)" if problem else "serving"
     log.info("gateway %s model %s on %s:%d (%d shards)", state, version, cfg.host, port, n)
-    return Gateway(server, router, hs, port, admin_server, admin_port, guard)
+    return Gateway(server, router, hs, port, admin_server, admin_port, guard, watcher)
 
 
 async def run_until_signalled(cfg: GatewayConfig) -> None:
