@@ -392,6 +392,23 @@ class ChartRun:
         dirs.update(pod.claims)
         return dirs
 
+    def update_configmap(self, name: str, data: dict[str, str]) -> int:
+        """What the kubelet does after a ConfigMap change: rewrite its keys in every running pod's
+        volume (atomically, as the kubelet swaps a symlinked dir). Returns the volumes updated."""
+        self.configmaps[name].setdefault("data", {}).update(data)
+        n = 0
+        for pod in [*self.pods, *self.job_pods]:
+            for vol in pod.spec.get("volumes", []):
+                if vol.get("configMap", {}).get("name") != name:
+                    continue
+                vdir = pod.dir / "volumes" / vol["name"]
+                for key, text in data.items():
+                    tmp = vdir / f".{key}.tmp"
+                    tmp.write_text(self.rewrite(text, pod, {}))
+                    os.replace(tmp, vdir / key)
+                n += 1
+        return n
+
     def _mount_paths(self, container: dict[str, Any], vols: dict[str, Path]) -> dict[str, Path]:
         out = {}
         for m in container.get("volumeMounts", []):
