@@ -233,7 +233,8 @@ def test_triton_gpu_scheduling_and_model_repository() -> None:
     triton = one(render("default-values.yaml"), "Deployment", "-triton")
     spec = pod_spec(triton)
     container = spec["containers"][0]
-    assert container["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    # our Triton image (deploy/Dockerfile.triton-gpu): the plain NGC one lacks the models' deps
+    assert container["image"].startswith("ghcr.io/visual-search/vsearch-triton-gpu:")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
