@@ -68,6 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file holding the token sent on every shard call (else env VSEARCH_SHARD_TOKEN)")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
+    p.add_argument("--generation-source", default=env("VSEARCH_GENERATION_SOURCE"),
+                   help="JSON file naming the generation every gateway pod serves (the chart mounts a "
+                   "ConfigMap; `vsearch cutover publish` writes it); polled, switched to on change [env]")
+    p.add_argument("--generation-poll", type=float, default=1.0,
+                   help="seconds between polls of --generation-source")
+    p.add_argument("--version-check-interval", type=float, default=5.0,
+                   help="seconds between checks that Triton's encoder version equals every shard's "
+                   "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
+    p.add_argument("--version-wait", type=float, default=600.0,
+                   help="seconds start-up waits for Triton (or the shards) to report the model version")
     p.add_argument(
         "--two-call-default-box", action="store_true",
         help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
@@ -106,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         single_call_default_box=not args.two_call_default_box,
         triton_health_interval_s=args.triton_health_interval, cpu_workers=args.cpu_workers,
         cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
+        version_check_s=args.version_check_interval, version_wait_s=args.version_wait,
+        generation_source=args.generation_source or None, generation_poll_s=args.generation_poll,
     )
 
 

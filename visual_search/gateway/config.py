@@ -125,6 +125,13 @@ class GatewayConfig:
     # Token sent on every shard call (shard/auth.py); None = the configured one (env / token file).
     shard_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
+    # One version truth: seconds between checks of Triton's encoder version against every shard
+    # stamp (gateway/versionguard.py), and how long start-up waits for Triton to report it.
+    version_check_s: float = 5.0
+    # Shared serving generation (gateway/genwatch.py): the file every pod mounts, and its poll period.
+    generation_source: str | None = None
+    generation_poll_s: float = 1.0
+    version_wait_s: float = 600.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

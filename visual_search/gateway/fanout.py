@@ -327,8 +327,8 @@ class ShardFanout:
         return resp  # type: ignore[no-any-return]
 
     async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> WriteOutcome:
-        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once the
-        write quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
+        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once
+        the write quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
         Raises ShardCallError when a replica refuses the request itself, ShardUnavailable below
         the quorum (a replica that did apply it passes it on through repair; a retry supersedes)."""
         rs = self.shards[shard_id]
@@ -379,6 +379,7 @@ class ShardFanout:
                 WriteBelowQuorum(len(ok), len(rs.stubs), need, self.cfg.write_quorum, why),
             )
         self.metrics.writes.labels(str(rs.shard_id), "all" if len(ok) == len(rs.stubs) else "quorum").inc()
+        self.metrics.last_write_ack.labels(str(rs.shard_id)).set(time.time())
         return WriteOutcome([ok[i] for i in sorted(ok)], len(rs.stubs), why)
 
     async def stats(self, deadline: float) -> list[shard_pb2.StatsResponse | None]:

@@ -138,6 +138,16 @@ class Indexer:
     ) -> search_pb2.IndexItemResult:
         """Index one item; never raises for the item's own problems (they go in the result).
         `after`, if given, is awaited before the write (per-id order in a stream)."""
+        token = self.fanout.metrics.write_started()
+        try:
+            return await self._index(req, timeout, after)
+        finally:
+            self.fanout.metrics.write_done(token)
+
+    async def _index(
+        self, req: search_pb2.IndexItemRequest, timeout: float,
+        after: Callable[[], Awaitable[object]] | None,
+    ) -> search_pb2.IndexItemResult:
         res = search_pb2.IndexItemResult(item_id=req.item_id)
         deadline = time.monotonic() + timeout
         try:

@@ -11,7 +11,7 @@ from visual_search import contract
 _MB = 1024 * 1024
 
 
-_REQUIRED = ("data_dir", "port", "shard_id", "model_version")  # to run a shard (not for `repair`)
+_REQUIRED = ("data_dir", "port", "shard_id")  # to run a shard (not for `repair`)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="gRPC and metrics bind address (loopback by default; 0.0.0.0 in pods)",
     )
     p.add_argument("--shard-id", type=int, help="[required]")
-    p.add_argument("--model-version", help="embedding model version this shard serves [required]")
+    p.add_argument(
+        "--model-version",
+        help="embedding model version this shard serves (default: the data dir's stamp, else "
+        "Triton's encoder version from --triton)",
+    )
+    p.add_argument(
+        "--triton",
+        default=os.environ.get("VSEARCH_TRITON"),
+        help="Triton gRPC host:port; a fresh data dir is stamped with the encoder version Triton "
+        "serves (one version truth) [env]",
+    )
+    p.add_argument(
+        "--triton-wait", type=float, default=900.0, help="seconds to wait for Triton's encoder version"
+    )
     p.add_argument("--dim", type=int, default=contract.EMBEDDING_DIM)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--workers", type=int, default=8, help="gRPC handler threads")

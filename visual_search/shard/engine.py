@@ -187,6 +187,11 @@ class ShardEngine:
         self.snapshot_time = time.time()
         self.index_built_at = time.time()
         self.trained_at_entries = 0
+        # Unix time this replica last applied a write (live write, peer pull or repair): the
+        # freshness alert compares it with the newest write the gateway acknowledged for the shard.
+        # Recovery restores it from the snapshot manifest and the WAL's mtime, not "now".
+        self.last_write_unix = 0.0
+        self._replaying = False
         self._load_snapshot()
         self.wal = WriteAheadLog(self.dir / "wal", self.cfg.wal_segment_bytes, self.cfg.fsync)
         self._replay()
@@ -256,6 +261,7 @@ class ShardEngine:
         self.snapshot_time = float(manifest["created_unix"])
         self.index_built_at = float(manifest.get("index_built_unix", time.time()))
         self.trained_at_entries = int(manifest.get("trained_at_entries", 0))
+        self.last_write_unix = float(manifest.get("last_write_unix", 0.0))
         log.info(
             "snapshot loaded",
             extra={
@@ -272,7 +278,21 @@ class ShardEngine:
             s = slots[a : a + 65536]
             index.add(self.store.slot_entry[s], self.store.gather(s))
 
+    def _touch(self) -> None:
+        if not self._replaying:
+            self.last_write_unix = time.time()
+
     def _replay(self) -> None:
+        self._replaying = True
+        try:
+            n = self._replay_records()
+        finally:
+            self._replaying = False
+        segs = list((self.dir / "wal").glob("wal-*.log"))
+        if n and segs:  # the newest replayed write is no newer than the WAL's last append
+            self.last_write_unix = max(self.last_write_unix, max(p.stat().st_mtime for p in segs))
+
+    def _replay_records(self) -> int:
         n = 0
         for seq, op, payload in self.wal.replay(self.applied_seq):
             if op == OP_UPSERT:
@@ -283,13 +303,14 @@ class ShardEngine:
                 self._apply_delete(list(dreq.item_ids), dreq.version, seq)
             elif op == OP_METADATA:
                 req_md = shard_pb2.UpdateMetadataRequest.FromString(payload)
-                plan = self._plan_metadata(req_md.patches, req_md.version)[0]
-                self._apply_metadata(plan, req_md.version, seq)
+                plan_md = self._plan_metadata(req_md.patches, req_md.version)[0]
+                self._apply_metadata(plan_md, req_md.version, seq)
             elif op == OP_SYNC:
                 self._apply_sync(shard_pb2.SyncRecord.FromString(payload), seq)
             n += 1
         if n:
             log.info("wal replayed", extra={"records": n, "wal_sequence": self.applied_seq})
+        return n
 
     # ---- writes -----------------------------------------------------------------------------
     def _put(self, item: shard_pb2.Item, vecs: np.ndarray) -> int:
@@ -320,6 +341,7 @@ class ShardEngine:
                 if item.version == 0 or self.versions.newer(item.item_id, item.version):
                     entries += self._put(item, vecs)
             self.applied_seq = seq
+            self._touch()
         return entries
 
     def _apply_delete(self, item_ids: list[str], version: int, seq: int) -> tuple[list[str], list[str]]:
@@ -332,6 +354,7 @@ class ShardEngine:
                 elif not self._remove(item_id, version):
                     not_found.append(item_id)
             self.applied_seq = seq
+            self._touch()
         return not_found, superseded
 
     def _stamp(self, item: shard_pb2.Item) -> shard_pb2.Item:
@@ -401,6 +424,7 @@ class ShardEngine:
             if rec.seq:
                 self.peer_seq[rec.replica_uid] = max(self.peer_seq.get(rec.replica_uid, 0), rec.seq)
             self.applied_seq = seq
+            self._touch()
 
     def apply_pulled(self, rec: shard_pb2.SyncRecord) -> int:
         """Apply what a peer sent (SyncRecord from its Sync stream): only writes newer than what is
@@ -491,9 +515,7 @@ class ShardEngine:
                         if stored is not None:
                             st = self._stored(stored, include_vectors=True)
                             rec.items.add(
-                                item_id=p.item_id,
-                                metadata=st.metadata,
-                                entries=st.entries,
+                                item_id=p.item_id, metadata=st.metadata, entries=st.entries,
                                 version=st.version,
                             )
             elif op == OP_SYNC:  # forwarded: what this replica pulled from a third one
@@ -529,6 +551,7 @@ class ShardEngine:
                 if version:
                     self.versions.set_live(item_id, version)
             self.applied_seq = seq
+            self._touch()
 
     def update_metadata(self, patches: Any, version: int = 0) -> MetadataOutcome:
         """Metadata-only patch of many items (vectors untouched) at `version` (0 = this replica's
@@ -911,6 +934,7 @@ class ShardEngine:
                     "index": index_desc,
                     "index_built_unix": built,
                     "trained_at_entries": trained_at,
+                    "last_write_unix": self.last_write_unix,
                     "model_version": self.model_version,
                     "dim": self.dim,
                     "shard_id": self.shard_id,

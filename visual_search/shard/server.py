@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from visual_search import logs
-from visual_search.shard import auth
+from visual_search.shard import auth, version
 from visual_search.shard.engine import EngineConfig, ShardEngine, StampMismatch
 from visual_search.shard.index import IndexConfig
 from visual_search.shard.metrics import ShardMetrics
@@ -112,10 +112,16 @@ def serve(a: argparse.Namespace) -> int:
         blas = limit_numpy_blas(a.blas_threads)
         log.info("numpy BLAS threads limited", extra={"libraries": blas, "numpy": np.__version__})
     try:
+        model_version = version.resolve(a.model_version, a.data_dir, a.triton, a.triton_wait)
+    except version.NoModelVersion as exc:
+        log.error("refusing to start", extra={"error": str(exc)})
+        return 2
+    a.model_version = model_version
+    try:
         engine = ShardEngine(
             a.data_dir,
             shard_id=a.shard_id,
-            model_version=a.model_version,
+            model_version=model_version,
             dim=a.dim,
             config=config_from_args(a),
         )

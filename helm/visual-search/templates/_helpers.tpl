@@ -102,6 +102,15 @@ Kept short: pod names append "-<replica>" and the controller-revision-hash label
 {{- toJson $shards }}
 {{- end }}
 
+{{/* The shard map as a `--shards` string: replicas joined by ",", shards by ";". */}}
+{{- define "vs.shardSpec" -}}
+{{- $groups := list -}}
+{{- range (include "vs.shardMap" . | fromJsonArray) }}
+{{- $groups = append $groups (join "," .) -}}
+{{- end }}
+{{- join ";" $groups }}
+{{- end }}
+
 {{/* Triton gRPC address the gateway uses ("" = no Triton). */}}
 {{- define "vs.tritonUrl" -}}
 {{- if .Values.gateway.tritonUrl }}
