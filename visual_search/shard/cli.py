@@ -8,6 +8,9 @@ import os
 
 from visual_search import contract
 
+# A light module (no FAISS/numpy): the tunables' defaults are written once, in these dataclasses.
+from visual_search.shard.config import EngineConfig, IndexConfig
+
 _MB = 1024 * 1024
 
 
@@ -70,16 +73,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="threads for numpy's BLAS (per-query re-scoring; idle OpenBLAS workers spin: keep 1; "
         "0 = library default)",
     )
-    p.add_argument("--pq-m", type=int, default=32)
-    p.add_argument("--pq-bits", type=int, default=8, choices=(4, 8), help="8 = PQ32 (R11), 4 = fast-scan")
-    p.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = from data size)")
-    p.add_argument("--nprobe", type=int, default=32, help="default nprobe")
-    p.add_argument("--rescore-k", type=int, default=1000, help="default re-scored candidates")
-    p.add_argument("--train-threshold", type=int, default=20_000, help="entries before IVF-PQ is trained")
-    p.add_argument("--snapshot-interval", type=float, default=300.0, help="seconds between snapshots")
-    p.add_argument("--snapshot-wal-mb", type=float, default=256.0, help="snapshot when the WAL exceeds this")
-    p.add_argument("--policy-interval", type=float, default=2.0)
-    p.add_argument("--tombstone-ratio", type=float, default=0.25)
+    p.add_argument("--pq-m", type=int, default=IndexConfig.pq_m)
+    p.add_argument(
+        "--pq-bits", type=int, default=IndexConfig.pq_bits, choices=(4, 8),
+        help="8 = PQ32 (R11), 4 = fast-scan",
+    )
+    p.add_argument("--nlist", type=int, default=IndexConfig.nlist, help="IVF lists (0 = from data size)")
+    p.add_argument("--nprobe", type=int, default=IndexConfig.default_nprobe, help="default nprobe")
+    p.add_argument(
+        "--rescore-k", type=int, default=EngineConfig.default_rescore_k, help="default re-scored candidates"
+    )
+    p.add_argument(
+        "--train-threshold", type=int, default=IndexConfig.train_threshold,
+        help="entries before IVF-PQ is trained",
+    )
+    p.add_argument(
+        "--snapshot-interval", type=float, default=EngineConfig.snapshot_interval_s,
+        help="seconds between snapshots",
+    )
+    p.add_argument(
+        "--snapshot-wal-mb", type=float, default=EngineConfig.snapshot_wal_bytes / _MB,
+        help="snapshot when the WAL exceeds this",
+    )
+    p.add_argument("--policy-interval", type=float, default=EngineConfig.policy_interval_s)
+    p.add_argument("--tombstone-ratio", type=float, default=EngineConfig.tombstone_ratio)
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain RPCs on SIGTERM")
     p.add_argument("--no-gpu", action="store_true", help="never use a GPU index")
     p.add_argument(

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,8 +30,9 @@ from google.protobuf.internal.decoder import _DecodeVarint32
 from google.protobuf.internal.encoder import _VarintBytes
 
 from visual_search.shard import snapshot as snap
+from visual_search.shard.config import EngineConfig
 from visual_search.shard.filters import CompiledFilter
-from visual_search.shard.index import AnnIndex, IndexConfig
+from visual_search.shard.index import AnnIndex
 from visual_search.shard.rescore import Rescorer, best_entries_per_item
 from visual_search.shard.rwlock import RWLock
 from visual_search.shard.store import ItemRecord, Store, bulk_load, hamming64
@@ -80,21 +81,6 @@ class MetadataOutcome(NamedTuple):
 
 Decoded = list[tuple[shard_pb2.Item, np.ndarray]]
 DELETE_MARKERS_FILE = "deleted.pb"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    index: IndexConfig = field(default_factory=IndexConfig)
-    default_rescore_k: int = 1000
-    exact_subset_max: int = 20_000  # filtered subsets this small are searched exactly
-    max_overfetch: int = 20_000  # cap on ANN candidates fetched for a filtered query
-    snapshot_interval_s: float = 300.0
-    snapshot_wal_bytes: int = 256 * 1024 * 1024
-    policy_interval_s: float = 2.0
-    tombstone_ratio: float = 0.25  # rebuild when this share of the index is dead
-    growth_factor: float = 2.0  # rebuild (re-choose nlist) after this growth since training
-    wal_segment_bytes: int = 64 * 1024 * 1024
-    fsync: bool = True
 
 
 @dataclass
