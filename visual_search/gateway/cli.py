@@ -65,17 +65,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="admin gRPC port (model switch/rollback, admin.proto); 0 = off [env]")
     p.add_argument("--admin-host", default=D.admin_host, help="admin listener address (keep it private)")
     p.add_argument("--admin-token", default=env("VSEARCH_ADMIN_TOKEN"),
-                   help="require 'authorization: Bearer <token>' on admin calls [env VSEARCH_ADMIN_TOKEN]")
+                   help="require 'authorization: Bearer <token>' on admin calls; the admin port refuses "
+                   "to start without one [env VSEARCH_ADMIN_TOKEN]")
+    p.add_argument("--insecure-admin", action="store_true",
+                   help="run the admin port WITHOUT a token (anyone local may switch models): only on a "
+                   "loopback --admin-host; logged as a warning")
+    p.add_argument("--shard-token-file", default=env("VSEARCH_SHARD_TOKEN_FILE"),
+                   help="file holding the token sent on every shard call (else env VSEARCH_SHARD_TOKEN)")
     p.add_argument("--generation-file", default=env("VSEARCH_GENERATION_FILE"),
                    help="persist the active/previous generation here; a restart resumes them [env]")
+    p.add_argument("--generation-source", default=env("VSEARCH_GENERATION_SOURCE"),
+                   help="JSON file naming the generation every gateway pod serves (the chart mounts a "
+                   "ConfigMap; `vsearch cutover publish` writes it); polled, switched to on change [env]")
+    p.add_argument("--generation-poll", type=float, default=1.0,
+                   help="seconds between polls of --generation-source")
+    p.add_argument("--version-check-interval", type=float, default=5.0,
+                   help="seconds between checks that Triton's encoder version equals every shard's "
+                   "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
+    p.add_argument("--version-wait", type=float, default=600.0,
+                   help="seconds start-up waits for Triton (or the shards) to report the model version")
     p.add_argument(
         "--two-call-default-box", action="store_true",
         help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
     )
+    p.add_argument("--cpu-workers", type=int, default=2,
+                   help="threads decoding / hashing photos off the event loop")
+    p.add_argument("--cpu-max-pending", type=int, default=16,
+                   help="photos being decoded or waiting at once; more get RESOURCE_EXHAUSTED")
+    p.add_argument("--cpu-inline", action="store_true",
+                   help="decode photos on the event loop (the old behaviour; benchmark baseline only)")
+    p.add_argument("--triton-health-interval", type=float, default=1.0,
+                   help="seconds between Triton readiness checks (photo-queries health name)")
     p.add_argument("--log-level", default="INFO")
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    from visual_search.shard.auth import load_token
+
     return GatewayConfig(
         shard_map=ShardMap.parse(args.shards), host=args.host, port=args.port, metrics_port=args.metrics_port,
         triton_url=args.triton or None, model_version=args.model_version or None,
@@ -90,17 +116,30 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_message_bytes=int(args.max_message_mb * _MB),
         admin_host=args.admin_host, admin_port=args.admin_port, admin_token=args.admin_token or None,
+        insecure_admin=args.insecure_admin, shard_token=load_token(args.shard_token_file),
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
+        triton_health_interval_s=args.triton_health_interval, cpu_workers=args.cpu_workers,
+        cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
+        version_check_s=args.version_check_interval, version_wait_s=args.version_wait,
+        generation_source=args.generation_source or None, generation_poll_s=args.generation_poll,
     )
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
-    from visual_search.gateway.server import run_until_signalled
+    from visual_search import logs
+    from visual_search.gateway.server import StartRefused, run_until_signalled
+    from visual_search.shard.auth import TokenError
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_until_signalled(config_from_args(args)))
+    logs.setup("gateway", args.log_level)  # one JSON object per line (visual_search/logs.py)
+    try:
+        asyncio.run(run_until_signalled(config_from_args(args)))
+    except (StartRefused, TokenError) as e:
+        import logging
+
+        logging.getLogger("visual_search.gateway").error("refusing to start: %s", e)
+        print(f"vsearch gateway: refusing to start: {e}", flush=True)
+        return 2
     return 0

@@ -103,13 +103,29 @@ class GatewayConfig:
     index_triton_concurrency: int = 4
     index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
+    # Photo decode + pHash run off the event loop (gateway/cpu.py): threads, and jobs admitted at
+    # once (running + queued; past it RESOURCE_EXHAUSTED). cpu_inline = on the loop (bench baseline).
+    cpu_workers: int = 2
+    cpu_max_pending: int = 16
+    cpu_inline: bool = False
+    triton_health_interval_s: float = 1.0  # how often Triton's readiness is polled for health
     write_quorum: str = "majority"  # WRITE_QUORUMS
     write_grace_s: float = 0.5  # after the quorum answered, how long the other replicas get
     # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str | None = None
+    insecure_admin: bool = False  # admin port without a token: only on a loopback admin_host
+    # Token sent on every shard call (shard/auth.py); None = the configured one (env / token file).
+    shard_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
+    # One version truth: seconds between checks of Triton's encoder version against every shard
+    # stamp (gateway/versionguard.py), and how long start-up waits for Triton to report it.
+    version_check_s: float = 5.0
+    # Shared serving generation (gateway/genwatch.py): the file every pod mounts, and its poll period.
+    generation_source: str | None = None
+    generation_poll_s: float = 1.0
+    version_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.write_quorum not in WRITE_QUORUMS:
