@@ -4,6 +4,7 @@ defaults (the flags take their defaults from them; this catches a flag mapped to
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -15,10 +16,8 @@ from visual_search.shard.config import EngineConfig, IndexConfig
 
 @pytest.fixture(autouse=True)
 def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VSEARCH_WRITE_QUORUM", "VSEARCH_ADMIN_PORT", "VSEARCH_AUTH_TOKEN", "VSEARCH_ADMIN_TOKEN",
-                 "VSEARCH_TLS_CERT", "VSEARCH_TLS_KEY", "VSEARCH_GENERATION_FILE", "VSEARCH_TRITON",
-                 "VSEARCH_MODEL_VERSION", "VSEARCH_SHARD_PEERS"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.startswith("VSEARCH_")]:
+        monkeypatch.delenv(name)
 
 
 def test_gateway_flags_default_to_gateway_config() -> None:

@@ -77,24 +77,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generation-source", default=env("VSEARCH_GENERATION_SOURCE"),
                    help="JSON file naming the generation every gateway pod serves (the chart mounts a "
                    "ConfigMap; `vsearch cutover publish` writes it); polled, switched to on change [env]")
-    p.add_argument("--generation-poll", type=float, default=1.0,
+    p.add_argument("--generation-poll", type=float, default=D.generation_poll_s,
                    help="seconds between polls of --generation-source")
-    p.add_argument("--version-check-interval", type=float, default=5.0,
+    p.add_argument("--version-check-interval", type=float, default=D.version_check_s,
                    help="seconds between checks that Triton's encoder version equals every shard's "
                    "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
-    p.add_argument("--version-wait", type=float, default=600.0,
+    p.add_argument("--version-wait", type=float, default=D.version_wait_s,
                    help="seconds start-up waits for Triton (or the shards) to report the model version")
     p.add_argument(
         "--two-call-default-box", action="store_true",
         help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
     )
-    p.add_argument("--cpu-workers", type=int, default=2,
+    p.add_argument("--cpu-workers", type=int, default=D.cpu_workers,
                    help="threads decoding / hashing photos off the event loop")
-    p.add_argument("--cpu-max-pending", type=int, default=16,
+    p.add_argument("--cpu-max-pending", type=int, default=D.cpu_max_pending,
                    help="photos being decoded or waiting at once; more get RESOURCE_EXHAUSTED")
     p.add_argument("--cpu-inline", action="store_true",
                    help="decode photos on the event loop (the old behaviour; benchmark baseline only)")
-    p.add_argument("--triton-health-interval", type=float, default=1.0,
+    p.add_argument("--triton-health-interval", type=float, default=D.triton_health_interval_s,
                    help="seconds between Triton readiness checks (photo-queries health name)")
     p.add_argument("--log-level", default="INFO")
 
