@@ -36,6 +36,7 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.budget",
     "visual_search.bench.ingest",
     "visual_search.bench.gateway_loop",
+    "visual_search.bench.supervision",
 ]
 
 
