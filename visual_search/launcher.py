@@ -1,6 +1,8 @@
 """`vsearch up` and `vsearch demo`: the whole stack on loopback (Triton + S shards + gateway).
 
-`up` starts everything, waits for readiness, prints the endpoints and runs until Ctrl-C/SIGTERM,
+Everything listens on 127.0.0.1 only (Triton's gRPC/HTTP/metrics too), and the shards require a
+per-stack random token that only the gateway gets. `up` starts everything, waits for readiness,
+prints the endpoints and runs until Ctrl-C/SIGTERM,
 then stops the gateway first (drain), the shards (final snapshot) and Triton. `demo` is the
 quickstart: a fresh stack in a temporary directory, a sample of the grocery catalog indexed
 through the public API, a few real photo queries printed with the boxes chosen, then stop.
@@ -82,12 +84,16 @@ class Stack:
 
     def start(self) -> Stack:
         from visual_search.gateway.process import GatewayProcess
+        from visual_search.shard import auth as shard_auth
         from visual_search.testing import ShardProcess, free_port, wait_healthy
         from visual_search.triton.client import TritonClient
         from visual_search.triton.server import TritonServer
 
         run = self.opts.run_dir
         run.mkdir(parents=True, exist_ok=True)
+        # Shards require a token (shard/auth.py): a random one per stack unless VSEARCH_SHARD_TOKEN
+        # is set, passed to shards and gateway through the environment (never argv).
+        shard_auth.ensure_token()
         try:
             self.triton = TritonServer(
                 options=self.triton_options(), run_dir=run / "triton",

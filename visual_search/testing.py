@@ -5,6 +5,9 @@
         shard.kill()                   # SIGKILL (crash); shard.start() restarts on the same dir
 
 The process is `python -m visual_search.cli shard ...`; readiness = gRPC health SERVING.
+Shards require a token (shard/auth.py): ShardProcess makes sure this process has one in its
+environment (random when none is configured), so the shards, a gateway and jobs started from here
+inherit it, and `stub()` sends it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visual_search.shard import auth as shard_auth
 from visual_search.v1 import shard_pb2_grpc
 
 
@@ -93,6 +97,7 @@ class ShardProcess:
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        self.token = shard_auth.ensure_token()  # children inherit it through the environment
 
     @property
     def address(self) -> str:
@@ -133,7 +138,7 @@ class ShardProcess:
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = shard_auth.channel(self.address, self.token)
         return self._channel
 
     def stub(self) -> shard_pb2_grpc.SearchShardStub:

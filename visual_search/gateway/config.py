@@ -8,8 +8,7 @@ are positions in the map, which must match `vsearch shard --shard-id` and ids.sh
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -57,11 +56,6 @@ class ShardMap:
 # A write applied on fewer than all replicas is reported to the caller (replicas_written <
 # replicas) and reaches the others through the shards' repair (shard/README.md "Replicas").
 WRITE_QUORUMS = ("all", "majority", "one")
-
-
-def _env_float(name: str, default: float) -> float:
-    v = os.environ.get(name)
-    return float(v) if v else default
 
 
 @dataclass
@@ -121,18 +115,18 @@ class GatewayConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str | None = None
+    insecure_admin: bool = False  # admin port without a token: only on a loopback admin_host
+    # Token sent on every shard call (shard/auth.py); None = the configured one (env / token file).
+    shard_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
-    extra: dict[str, str] = field(default_factory=dict)
+    # One version truth: seconds between checks of Triton's encoder version against every shard
+    # stamp (gateway/versionguard.py), and how long start-up waits for Triton to report it.
+    version_check_s: float = 5.0
+    # Shared serving generation (gateway/genwatch.py): the file every pod mounts, and its poll period.
+    generation_source: str | None = None
+    generation_poll_s: float = 1.0
+    version_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.write_quorum not in WRITE_QUORUMS:
             raise ValueError(f"write quorum {self.write_quorum!r}: choose one of {', '.join(WRITE_QUORUMS)}")
-
-    @classmethod
-    def from_env_defaults(cls, shard_map: ShardMap) -> GatewayConfig:
-        """Config whose secrets/tunables may come from VSEARCH_* environment variables."""
-        return cls(
-            shard_map=shard_map,
-            auth_token=os.environ.get("VSEARCH_AUTH_TOKEN") or None,
-            hedge_delay_ms=_env_float("VSEARCH_HEDGE_DELAY_MS", 20.0),
-        )

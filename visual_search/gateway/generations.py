@@ -147,9 +147,18 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
         self.state_file = state_file
         self._lock = asyncio.Lock()  # one switch at a time (queries never take it)
         self._retiring: set[asyncio.Task[None]] = set()
+        # Set by the VersionGuard while Triton's encoder and a shard stamp disagree: calls refused.
+        self.version_problem: str | None = None
+
+    async def _refuse_on_mismatch(self, context: grpc.aio.ServicerContext) -> None:
+        if self.version_problem:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"model version mismatch: {self.version_problem}"
+            )
 
     # ---- public API: delegate ------------------------------------------------------------
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._refuse_on_mismatch(context)
         gen = self.current
         gen.enter()
         try:
@@ -172,6 +181,7 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
     async def IndexItems(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        await self._refuse_on_mismatch(context)
         gen = self.current
         gen.enter()
         try:
@@ -200,7 +210,12 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
         """Build (await `build(number)`), validate and activate a generation; (prepare s, swap s)."""
         async with self._lock:
             t0 = time.perf_counter()
-            new: Generation = await build(self._next_number())
+            try:
+                new: Generation = await build(self._next_number())
+            except GenerationError as exc:
+                log.error("generation switch refused, still serving generation %d (model %s): %s",
+                          self.current.number, self.current.model_version, exc)
+                raise
             if expect_version and new.model_version != expect_version:
                 await new.close(0)
                 raise GenerationError(f"new generation serves {new.model_version!r}, not {expect_version!r}")

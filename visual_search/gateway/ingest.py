@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from visual_search import ids
+from visual_search.errors import public_message
 from visual_search.gateway import validation as V
 from visual_search.gateway.cpu import CpuPool, image_info
 from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
@@ -137,6 +138,16 @@ class Indexer:
     ) -> search_pb2.IndexItemResult:
         """Index one item; never raises for the item's own problems (they go in the result).
         `after`, if given, is awaited before the write (per-id order in a stream)."""
+        token = self.fanout.metrics.write_started()
+        try:
+            return await self._index(req, timeout, after)
+        finally:
+            self.fanout.metrics.write_done(token)
+
+    async def _index(
+        self, req: search_pb2.IndexItemRequest, timeout: float,
+        after: Callable[[], Awaitable[object]] | None,
+    ) -> search_pb2.IndexItemResult:
         res = search_pb2.IndexItemResult(item_id=req.item_id)
         deadline = time.monotonic() + timeout
         try:
@@ -163,9 +174,9 @@ class Indexer:
         except InferenceError as e:
             res.error_code, res.error = inference_status(e).name, f"inference failed: {e.message}"
         except ShardCallError as e:
-            res.error_code, res.error = e.code.name, str(e)
+            res.error_code, res.error = e.code.name, public_message(str(e))
         except ShardUnavailable as e:
-            res.error_code, res.error = "UNAVAILABLE", str(e)
+            res.error_code, res.error = "UNAVAILABLE", public_message(str(e))
         except TimeoutError:
             res.error_code, res.error = "DEADLINE_EXCEEDED", "item not indexed before its deadline"
         return res

@@ -42,7 +42,6 @@ class ResolvedQuery:
     triton_s: float = 0.0
     query_phash: int = 0
     exclude_item: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/detect/embed wall time
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +23,54 @@ from visual_search.gateway.config import GatewayConfig, ShardMap
 from visual_search.gateway.embedder import Embedder
 from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
+from visual_search.gateway.genwatch import GenerationWatcher, read_spec
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.service import VisualSearchService
+from visual_search.gateway.versionguard import VersionGuard
+from visual_search.shard.auth import is_loopback
 from visual_search.v1 import admin_pb2_grpc, search_pb2, search_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["VisualSearch"].full_name
+PROCESS_HEALTH = "process"  # same name as the shards' liveness service
 
 
-async def discover_model_version(cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout) -> str:
-    """The served model version: the flag, else Triton's encoder version, else the shards'."""
-    if cfg.model_version:
-        return cfg.model_version
+async def _discover_once(cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout) -> str:
     if embedder is not None:
-        v = await embedder.model_version()
-        if v:
-            return v
+        return await embedder.model_version()  # raises while Triton is unreachable
     loop = asyncio.get_running_loop()
     for st in await fanout.stats(loop.time() + 5.0):
         if st is not None and st.model_version:
             return st.model_version
-    raise RuntimeError("cannot tell the model version: pass --model-version, or start Triton/shards first")
+    return ""
+
+
+async def discover_model_version(
+    cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout, wait_s: float | None = None
+) -> str:
+    """The served model version: the flag, else Triton's encoder version (with Triton configured
+    it is the only truth), else the shards'. Waits up to `wait_s` (cfg.version_wait_s) for Triton
+    to load its models / the shards to start, as on Kubernetes every pod starts at once."""
+    if cfg.model_version:
+        return cfg.model_version
+    wait_s = cfg.version_wait_s if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    last_log = 0.0
+    while True:
+        why = "no version reported"
+        try:
+            v = await _discover_once(cfg, embedder, fanout)
+            if v:
+                return v
+        except Exception as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if time.monotonic() > deadline:
+            src = f"Triton at {cfg.triton_url}" if embedder is not None else "the shards"
+            raise RuntimeError(f"cannot tell the model version: {src} gave none within {wait_s:.0f}s ({why})")
+        if time.monotonic() - last_log > 10:
+            log.info("waiting for the model version (%s)", why)
+            last_log = time.monotonic()
+        await asyncio.sleep(1.0)
 
 
 @dataclass
@@ -53,7 +81,9 @@ class Gateway:
     port: int
     admin_server: grpc.aio.Server | None = None
     admin_port: int = 0
-    watcher: asyncio.Task[None] | None = None
+    guard: VersionGuard | None = None
+    watcher: GenerationWatcher | None = None
+    triton_watcher: asyncio.Task[None] | None = None
 
     @property
     def service(self) -> VisualSearchService:
@@ -61,8 +91,12 @@ class Gateway:
         return self.router.current.service
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.triton_watcher is not None:
+            self.triton_watcher.cancel()
+        if self.guard is not None:
+            await self.guard.stop()
         if self.watcher is not None:
-            self.watcher.cancel()
+            await self.watcher.stop()
         await self.health.enter_graceful_shutdown()
         if self.admin_server is not None:
             await self.admin_server.stop(0)
@@ -95,6 +129,31 @@ async def _first_generation(cfg: GatewayConfig, metrics: GatewayMetrics) -> Gene
     return router
 
 
+class StartRefused(RuntimeError):
+    """A configuration the gateway will not run with (e.g. an open admin port)."""
+
+
+def check_admin_security(cfg: GatewayConfig) -> None:
+    """The admin port switches the served model: it needs a token, or an explicit insecure flag on
+    a loopback bind (then a WARNING says so). Checked before anything is started."""
+    if not cfg.admin_port or cfg.admin_token:
+        return
+    if not cfg.insecure_admin:
+        raise StartRefused(
+            "--admin-port is set without --admin-token (env VSEARCH_ADMIN_TOKEN); give a token, or "
+            "--insecure-admin on a loopback --admin-host for local experiments"
+        )
+    if not is_loopback(cfg.admin_host):
+        raise StartRefused(
+            f"--insecure-admin is only allowed on a loopback --admin-host, not {cfg.admin_host!r}"
+        )
+    log.warning(
+        "INSECURE: admin port without a token (--insecure-admin): any local process can switch or "
+        "roll back the served model",
+        extra={"admin_host": cfg.admin_host, "admin_port": cfg.admin_port},
+    )
+
+
 async def _triton_ready(router: GenerationRouter, timeout: float) -> bool:
     """Is the current generation's Triton ready? False when none is configured."""
     emb = router.current.service.embedder
@@ -113,7 +172,8 @@ async def watch_triton(router: GenerationRouter, hs: health.aio.HealthServicer, 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     state = None
     while True:
-        ready = await _triton_ready(router, max(0.5, interval))
+        # photo queries need Triton up and the version guard content (router.version_problem)
+        ready = await _triton_ready(router, max(0.5, interval)) and not router.version_problem
         if ready != state:
             await hs.set(C.HEALTH_PHOTO_QUERIES, serving if ready else not_serving)
             if state is not None or not ready:
@@ -128,7 +188,7 @@ async def watch_triton(router: GenerationRouter, hs: health.aio.HealthServicer, 
 async def _start_admin(
     cfg: GatewayConfig, router: GenerationRouter, metrics: GatewayMetrics
 ) -> tuple[Any, int]:
-    interceptors = [TokenAuthInterceptor(cfg.admin_token)] if cfg.admin_token else []
+    interceptors = [TokenAuthInterceptor(cfg.admin_token, log_denials=True)] if cfg.admin_token else []
     server = grpc.aio.server(interceptors=interceptors)
     admin_pb2_grpc.add_GatewayAdminServicer_to_server(AdminService(router, cfg, metrics), server)
     port = server.add_insecure_port(f"{cfg.admin_host}:{cfg.admin_port}")
@@ -137,7 +197,15 @@ async def _start_admin(
 
 
 async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = None) -> Gateway:
+    check_admin_security(cfg)
     metrics = metrics or GatewayMetrics()
+    published = read_spec(cfg.generation_source) if cfg.generation_source else None
+    if published is not None:  # start on the generation every pod serves, not the flags'
+        cfg = dataclasses.replace(
+            cfg, shard_map=ShardMap.parse(published["shards"]),
+            triton_url=published.get("triton_url") or cfg.triton_url,
+        )
+        log.info("starting on published generation %s", published.get("number", 0))
     router = await _first_generation(cfg, metrics)
     version = router.current.model_version
     interceptors = [TokenAuthInterceptor(cfg.auth_token)] if cfg.auth_token else []
@@ -163,17 +231,32 @@ async def start_gateway(cfg: GatewayConfig, metrics: GatewayMetrics | None = Non
     admin_server, admin_port = await _start_admin(cfg, router, metrics) if cfg.admin_port else (None, 0)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port, cfg.host)
-    for name in ("", SERVICE_NAME, C.HEALTH_VECTOR_QUERIES):
-        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    ready = await _triton_ready(router, 5.0)
+    # "process": up and listening (startup/liveness probes). "", the API service and vector
+    # queries: SERVING only while Triton and every shard stamp agree on the model version
+    # (versionguard.py; readiness). Photo queries also need Triton up (watch_triton).
+    await hs.set(PROCESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+    guard = VersionGuard(
+        router, hs, metrics, cfg.version_check_s, ("", SERVICE_NAME, C.HEALTH_VECTOR_QUERIES)
+    )
+    problem = await guard.check()
+    if cfg.version_check_s > 0:
+        guard.start()
+    ready = await _triton_ready(router, 5.0) and problem is None
     await hs.set(
         C.HEALTH_PHOTO_QUERIES,
         health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
     )
-    watcher = asyncio.create_task(watch_triton(router, hs, cfg.triton_health_interval_s))
+    triton_watcher = asyncio.create_task(watch_triton(router, hs, cfg.triton_health_interval_s))
+    watcher = None
+    if cfg.generation_source:
+        watcher = GenerationWatcher(cfg.generation_source, router, cfg, metrics, cfg.generation_poll_s)
+        if published is not None:
+            watcher._set_number(int(published.get("number", 0)))
+        watcher.start()
     n = cfg.shard_map.num_shards
-    log.info("gateway serving model %s on %s:%d (%d shards)", version, cfg.host, port, n)
-    return Gateway(server, router, hs, port, admin_server, admin_port, watcher)
+    state = "NOT_SERVING (model version mismatch)" if problem else "serving"
+    log.info("gateway %s model %s on %s:%d (%d shards)", state, version, cfg.host, port, n)
+    return Gateway(server, router, hs, port, admin_server, admin_port, guard, watcher, triton_watcher)
 
 
 async def run_until_signalled(cfg: GatewayConfig) -> None:

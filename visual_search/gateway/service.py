@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from visual_search import contract
+from visual_search.errors import public_message
 from visual_search.gateway import validation as V
 from visual_search.gateway.config import GatewayConfig
 from visual_search.gateway.cpu import image_info, shared_pool
@@ -81,7 +82,7 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
                 self.metrics.request_seconds.labels(name).observe(time.monotonic() - t0)
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 self.metrics.version_mismatch.inc()
-            await context.abort(code, msg)
+            await context.abort(code, public_message(msg))
             raise AssertionError("unreachable")
 
         return inner

@@ -65,6 +65,9 @@ class TritonServer:
     http_port: int = 0
     metrics_port: int = 0
     log_verbose: int = 0
+    # gRPC, HTTP and metrics listen here: loopback, as Triton has no authentication of its own
+    # (its default is 0.0.0.0). In Kubernetes the chart runs the official image with its own flags.
+    host: str = "127.0.0.1"
     # Own python-backend shm prefix ("" = Triton's default); regions are then removed on stop.
     shm_prefix: str = ""
     proc: subprocess.Popen[bytes] | None = None
@@ -95,8 +98,11 @@ class TritonServer:
             str(binary),
             f"--model-repository={repo}",
             f"--backend-directory={self.triton_home / 'backends'}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
