@@ -161,6 +161,7 @@ def test_metadata_updates_are_versioned_and_reach_a_lagging_replica(tmp_path: Pa
     assert a.versions.digest == b.versions.digest
     b.close(final_snapshot=False)  # the pulled patch survives a restart of the replica
     b = open_engine(tmp_path / "b")
-    assert b.get(["m"], include_vectors=False)[0][0].metadata.price == 42.0 and b.versions.digest == a.versions.digest
+    assert b.get(["m"], include_vectors=False)[0][0].metadata.price == 42.0
+    assert b.versions.digest == a.versions.digest
     a.close(final_snapshot=False)
     b.close(final_snapshot=False)
