@@ -21,7 +21,12 @@ done
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/.build/containers.conf}
 NET=vsearch-smoke
 names=(vs-gateway vs-shard vs-triton)
-cleanup() { podman rm -f "${names[@]}" >/dev/null 2>&1 || true; podman network rm "$NET" >/dev/null 2>&1 || true; }
+DATA=""
+cleanup() {
+  podman rm -f "${names[@]}" >/dev/null 2>&1 || true
+  podman network rm "$NET" >/dev/null 2>&1 || true
+  if [ -n "$DATA" ]; then rm -rf "$DATA"; fi
+}
 trap cleanup EXIT
 cleanup
 podman network create "$NET" >/dev/null
@@ -36,7 +41,8 @@ until curl -sf "http://127.0.0.1:$((BASE_PORT + 800))/v2/health/ready" >/dev/nul
   fi
 done
 echo "smoke_images: Triton ready in $((SECONDS - t0)) s with $(curl -s -X POST "http://127.0.0.1:$((BASE_PORT + 800))/v2/repository/index" | grep -o '"state":"READY"' | wc -l) models READY"
-podman run -d --name vs-shard --network "$NET" --tmpfs /data:rw,mode=1777 "$REGISTRY/vsearch:$TAG" \
+DATA=$(mktemp -d) && chmod 0777 "$DATA"  # the shard's volume (the image runs as UID 10001)
+podman run -d --name vs-shard --network "$NET" -v "$DATA:/data" "$REGISTRY/vsearch:$TAG" \
   shard --data-dir /data --host 0.0.0.0 --port 50061 --shard-id 0 --triton vs-triton:8001 >/dev/null
 podman run -d --name vs-gateway --network "$NET" -p "127.0.0.1:$((BASE_PORT + 51)):50051" "$REGISTRY/vsearch:$TAG" \
   gateway --shards vs-shard:50061 --triton vs-triton:8001 --host 0.0.0.0 --port 50051 >/dev/null
