@@ -1,6 +1,8 @@
 """`vsearch up` and `vsearch demo`: the whole stack on loopback (Triton + S shards + gateway).
 
-`up` starts everything, waits for readiness, prints the endpoints and runs until Ctrl-C/SIGTERM,
+Everything listens on 127.0.0.1 only (Triton's gRPC/HTTP/metrics too), and the shards require a
+per-stack random token that only the gateway gets. `up` starts everything, waits for readiness,
+prints the endpoints and runs until Ctrl-C/SIGTERM,
 then stops the gateway first (drain), the shards (final snapshot) and Triton. `demo` is the
 quickstart: a fresh stack in a temporary directory, a sample of the grocery catalog indexed
 through the public API, a few real photo queries printed with the boxes chosen, then stop.
@@ -10,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import logging
+import os
 import random
+import secrets
 import signal
 import sys
 import tempfile
@@ -49,6 +55,9 @@ class StackOptions:
     precision: str = "auto"  # auto = per model, INT8 where it passed its gates (see triton_options)
     gateway_args: list[str] = field(default_factory=list)
     shard_args: list[str] = field(default_factory=list)  # extra `vsearch shard` flags
+    # Restart Triton / a shard that exits (process group killed, Triton's shm removed, backoff).
+    supervise: bool = True
+    supervise_kw: dict[str, float] = field(default_factory=dict)  # Supervisor(...) overrides
 
 
 class Stack:
@@ -59,6 +68,7 @@ class Stack:
         self.triton: Any = None
         self.shards: list[Any] = []
         self.gateway: Any = None
+        self.supervisor: Any = None
         self.model_version = ""
 
     def triton_options(self) -> Any:
@@ -74,14 +84,21 @@ class Stack:
 
     def start(self) -> Stack:
         from visual_search.gateway.process import GatewayProcess
+        from visual_search.shard import auth as shard_auth
         from visual_search.testing import ShardProcess, free_port, wait_healthy
         from visual_search.triton.client import TritonClient
         from visual_search.triton.server import TritonServer
 
         run = self.opts.run_dir
         run.mkdir(parents=True, exist_ok=True)
+        # Shards require a token (shard/auth.py): a random one per stack unless VSEARCH_SHARD_TOKEN
+        # is set, passed to shards and gateway through the environment (never argv).
+        shard_auth.ensure_token()
         try:
-            self.triton = TritonServer(options=self.triton_options(), run_dir=run / "triton")
+            self.triton = TritonServer(
+                options=self.triton_options(), run_dir=run / "triton",
+                shm_prefix=f"vsearch_{os.getpid()}_{secrets.token_hex(4)}_",  # ours alone, removable
+            )
             self.triton.start()
             with TritonClient(self.triton.grpc_url) as tc:
                 self.model_version = tc.encoder_version()
@@ -94,6 +111,7 @@ class Stack:
                         metrics_port=free_port(),
                         log_path=run / f"shard{s}-{r}.log",
                         extra_args=self.opts.shard_args,
+                        new_session=True,
                     )
                     for r in range(self.opts.replicas)
                 ]
@@ -110,10 +128,32 @@ class Stack:
                 port=self.opts.gateway_port or None,
                 extra_args=self.opts.gateway_args,
             ).start()
+            if self.opts.supervise:
+                self.supervisor = self._supervisor().start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _supervisor(self) -> Any:
+        from visual_search.supervise import Child, Supervisor
+
+        triton = self.triton
+
+        def triton_cleanup() -> str:
+            stubs = len(triton.group_pids())
+            return f"{stubs} group processes killed, {triton.kill_leftovers()} shm regions removed"
+
+        def triton_proc() -> Any:
+            return triton.proc
+
+        children = [
+            Child("triton", triton_proc, lambda: triton.start(), triton_cleanup, tick=triton.protect_shm)
+        ]
+        for i, sp in enumerate(self.shards):
+            name = f"shard{i // self.opts.replicas}-{i % self.opts.replicas}"
+            children.append(Child(name, functools.partial(getattr, sp, "proc"), sp.start))
+        return Supervisor(children, **self.opts.supervise_kw)  # type: ignore[arg-type]
 
     def rebuild_shards(self, timeout: float = 900.0) -> list[str]:
         """Rebuild every shard replica now (IVF-PQ trains once past its threshold; a rebuild the
@@ -155,6 +195,8 @@ class Stack:
         return [f"http://127.0.0.1:{sp.metrics_port}/metrics" for sp in self.shards]
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # nothing is restarted while the stack stops on purpose
         if self.gateway is not None:
             self.gateway.stop()
         for sp in self.shards:
@@ -216,6 +258,7 @@ def _stack_args(p: argparse.ArgumentParser, default_port: int) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     opts = StackOptions(Path(args.run_dir), args.shards, args.replicas, args.port, args.precision)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
         try:

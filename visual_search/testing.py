@@ -5,6 +5,9 @@
         shard.kill()                   # SIGKILL (crash); shard.start() restarts on the same dir
 
 The process is `python -m visual_search.cli shard ...`; readiness = gRPC health SERVING.
+Shards require a token (shard/auth.py): ShardProcess makes sure this process has one in its
+environment (random when none is configured), so the shards, a gateway and jobs started from here
+inherit it, and `stub()` sends it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visual_search.shard import auth as shard_auth
 from visual_search.v1 import shard_pb2_grpc
 
 
@@ -78,8 +82,10 @@ class ShardProcess:
         extra_args: list[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 120.0,
+        new_session: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.new_session = new_session  # own process group (the launcher's supervisor kills it whole)
         self.port = port or free_port()
         self.shard_id = shard_id
         self.model_version = model_version
@@ -91,6 +97,7 @@ class ShardProcess:
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        self.token = shard_auth.ensure_token()  # children inherit it through the environment
 
     @property
     def address(self) -> str:
@@ -122,14 +129,16 @@ class ShardProcess:
             raise RuntimeError("shard already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=self.new_session
+            )
         if wait:
             wait_healthy(self.address, self.startup_timeout, self.proc)
         return self
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = shard_auth.channel(self.address, self.token)
         return self._channel
 
     def stub(self) -> shard_pb2_grpc.SearchShardStub:

@@ -202,14 +202,54 @@ def test_tls_and_auth_wiring() -> None:
 
 def test_generated_auth_secret_when_no_existing_secret() -> None:
     docs = render("default-values.yaml", sets=("auth.enabled=true", "auth.token=s3cret"))
-    (secret,) = of_kind(docs, "Secret")
+    secret = one(docs, "Secret", "-search-auth")
 
     assert base64.b64decode(secret["data"]["token"]).decode() == "s3cret"
     env = {e["name"]: e for e in pod_spec(one(docs, "Deployment", "-gateway"))["containers"][0]["env"]}
     assert env["VSEARCH_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
     # No token given: a random 32-character one is generated.
     random_docs = render("default-values.yaml", sets=("auth.enabled=true",))
-    assert len(base64.b64decode(of_kind(random_docs, "Secret")[0]["data"]["token"])) == 32
+    assert len(base64.b64decode(one(random_docs, "Secret", "-search-auth")["data"]["token"])) == 32
+
+
+def _token_file(spec: dict[str, Any], container: dict[str, Any]) -> tuple[str, str]:
+    """(Secret name, key) behind the container's VSEARCH_SHARD_TOKEN_FILE."""
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["VSEARCH_SHARD_TOKEN_FILE"]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    key = path[len(mount["mountPath"]) + 1 :]
+    assert [i["key"] for i in volume["secret"]["items"]] == [key]
+    return volume["secret"]["secretName"], key
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_shard_token_reaches_every_shard_and_the_gateway(value_set: str) -> None:
+    """Shards refuse calls without the shard token: every shard pod and the gateway mount the same
+    Secret (a file, never argv); it is rendered (random) unless an existing Secret is named."""
+    docs = render(value_set)
+    values = load_values(value_set)
+    gateway = pod_spec(one(docs, "Deployment", "-gateway"))
+    want = _token_file(gateway, gateway["containers"][0])
+    for sts in of_kind(docs, "StatefulSet"):
+        spec = pod_spec(sts)
+        assert _token_file(spec, spec["containers"][0]) == want
+        assert not any("token" in str(a).lower() for a in spec["containers"][0]["args"])
+    rendered = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-shard-auth")]
+    if values["shardAuth"]["existingSecret"]:
+        assert want[0] == values["shardAuth"]["existingSecret"] and rendered == []
+    else:
+        (secret,) = rendered
+        assert want == (secret["metadata"]["name"], "token")
+        assert len(base64.b64decode(secret["data"]["token"])) == 48
+    # A given token: used as is, and changing it rolls the shard pods.
+    a = render("default-values.yaml", sets=("shardAuth.token=one",))
+    b = render("default-values.yaml", sets=("shardAuth.token=two",))
+    assert base64.b64decode(one(a, "Secret", "-shard-auth")["data"]["token"]) == b"one"
+    key = "checksum/shard-auth"
+    ann = [one(d, "StatefulSet", "-shard-0")["spec"]["template"]["metadata"]["annotations"] for d in (a, b)]
+    assert ann[0][key] != ann[1][key]
 
 
 def test_hpa_cpu_and_optional_custom_metric() -> None:

@@ -24,6 +24,10 @@ from ensemble.generate import Options, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".cache" / "tritonserver"
+SHM_DIR = Path("/dev/shm")
+# The python backend's default shared-memory region prefix (its `shm-region-prefix-name`); a
+# server started with shm_prefix uses its own, so its regions can be told apart and removed.
+DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 class TritonError(RuntimeError):
@@ -61,6 +65,11 @@ class TritonServer:
     http_port: int = 0
     metrics_port: int = 0
     log_verbose: int = 0
+    # gRPC, HTTP and metrics listen here: loopback, as Triton has no authentication of its own
+    # (its default is 0.0.0.0). In Kubernetes the chart runs the official image with its own flags.
+    host: str = "127.0.0.1"
+    # Own python-backend shm prefix ("" = Triton's default); regions are then removed on stop.
+    shm_prefix: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,8 +98,11 @@ class TritonServer:
             str(binary),
             f"--model-repository={repo}",
             f"--backend-directory={self.triton_home / 'backends'}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
@@ -98,6 +110,8 @@ class TritonServer:
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
         ]
+        if self.shm_prefix:
+            cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -105,16 +119,64 @@ class TritonServer:
             env=triton_env(self.triton_home),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: the python stubs go with it
+            umask=0o077,  # its files and shared-memory regions (query photos) only for this user
         )
         log.close()
         self._wait_ready(timeout_s)
+        self.protect_shm()
         return self
+
+    def shm_regions(self) -> list[Path]:
+        """This server's python-backend shared-memory regions (needs shm_prefix)."""
+        if not self.shm_prefix:
+            return []
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def protect_shm(self) -> None:
+        """Owner-only modes on the regions: the python backend creates them 0644 whatever the umask
+        (measured), and query photos pass through them."""
+        for p in self.shm_regions():
+            with contextlib.suppress(OSError):
+                p.chmod(0o600)
+
+    def group_pids(self) -> list[int]:
+        """Live processes of the server's process group (tritonserver + its python stubs)."""
+        if self.proc is None:
+            return []
+        out = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rpartition(")")[2].split()
+            if len(fields) > 2 and int(fields[2]) == self.proc.pid and fields[0] != "Z":
+                out.append(int(d.name))
+        return out
+
+    def kill_leftovers(self) -> int:
+        """SIGKILL whatever is left of the process group and remove its shm regions; returns the
+        number of regions removed. For after a crash (stubs outlive a SIGKILLed tritonserver)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            if self.proc.poll() is None:
+                self.proc.wait(10)
+        removed = 0
+        for p in self.shm_regions():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+        return removed
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
+            self.protect_shm()  # regions appear while models load, before Triton is ready
             if self.proc.poll() is not None:
                 raise TritonError(f"tritonserver exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
@@ -123,7 +185,7 @@ class TritonServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         self.stop()
         raise TritonError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
@@ -134,17 +196,16 @@ class TritonServer:
             return ""
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL the process group."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL the process group; remove its
+        shm regions."""
+        if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout_s)
+        self.kill_leftovers()
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.proc is None else self
