@@ -60,10 +60,9 @@ def crop_jpeg(path: Path) -> bytes:
 
 
 def token_of(run: ChartRun) -> str | None:
-    for name, sec in run.secrets.items():
-        if name.endswith("-auth"):
-            return base64.b64decode(sec["data"]["token"]).decode()
-    return None
+    """The public API token from the chart-rendered Secret (not the shard token's Secret)."""
+    sec = run.secrets.get("vs-visual-search-auth")
+    return base64.b64decode(sec["data"]["token"]).decode() if sec else None
 
 
 # VSEARCH_DEPLOY_BACKEND=podman (scripts/deploy_podman.sh): the same workloads as podman containers

@@ -66,8 +66,16 @@ def propagate(run: ChartRun, doc_path: Path, number: int, timeout: float = 30.0)
     return took
 
 
-def test_every_pod_switches_and_rolls_back(run: ChartRun, tmp_path: Path) -> None:
+def test_every_pod_switches_and_rolls_back(
+    run: ChartRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
     from visual_search.triton.client import TritonClient
+
+    # The target shards accept the chart's shard token (what the gateways send); publish sends it.
+    token = base64.b64decode(run.secrets["vs-visual-search-shard-auth"]["data"]["token"]).decode()
+    monkeypatch.setenv("VSEARCH_SHARD_TOKEN", token)
 
     triton = run.service_address("vs-visual-search-triton", "grpc")
     with TritonClient(triton) as tc:
@@ -87,12 +95,12 @@ def test_every_pod_switches_and_rolls_back(run: ChartRun, tmp_path: Path) -> Non
     refused = pytest.raises(PublishError, match="other-encoder")
     with ShardProcess(tmp_path / "wrong", shard_id=0, model_version="other-encoder") as wrong, refused:
         publish(shards=wrong.address, triton_url=triton, rollback=False, file=str(doc),
-                configmap=None, namespace="search")
+                configmap=None, namespace="search", token=token)
     assert json.loads(doc.read_text())["number"] == 0
 
     with ShardProcess(tmp_path / "new", shard_id=0, model_version=version) as new:
         published = publish(shards=new.address, triton_url=triton, rollback=False, file=str(doc),
-                            configmap=None, namespace="search")
+                            configmap=None, namespace="search", token=token)
         assert published["number"] == 1 and published["model_version"] == version
         switch = propagate(run, doc, 1)
         for pod in gateways(run):  # the new (empty) shards answer on every pod
@@ -101,7 +109,7 @@ def test_every_pod_switches_and_rolls_back(run: ChartRun, tmp_path: Path) -> Non
                 c.search(item_id="live-item", k=1)
 
         back = publish(shards=None, triton_url=None, rollback=True, file=str(doc), configmap=None,
-                       namespace="search")
+                       namespace="search", token=token)
         assert back["number"] == 2
         rollback = propagate(run, doc, 2)
         for pod in gateways(run):
