@@ -59,7 +59,8 @@ if [ -n "$CA" ] && [ -s "$CA" ]; then cp "$CA" .build/ca.crt; else : > .build/ca
 if [ $BOOTSTRAP = 1 ] && ! podman image exists "$BASE"; then
   command -v debootstrap >/dev/null || { echo "build_images: debootstrap missing" >&2; exit 1; }
   if [ -z "$MIRROR" ]; then
-    MIRROR=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -n1)
+    MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?' | head -n1 || true)
     MIRROR=${MIRROR:-http://deb.debian.org/debian}
   fi
   t0=$SECONDS

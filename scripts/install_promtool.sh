@@ -19,8 +19,10 @@ if command -v promtool >/dev/null 2>&1; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-( cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 ) || {
-  echo "install_promtool: 'apt-get download prometheus' failed (run apt-get update?)" >&2
+( cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 ) \
+  || { apt-get update -qq >/dev/null 2>&1 && ( cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 ); } || {
+  echo "install_promtool: 'apt-get download prometheus' failed even after apt-get update;" \
+    "tests/helm/test_alerts.py will skip (and fail on CI)" >&2
   exit 1
 }
 dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"

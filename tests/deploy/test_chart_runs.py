@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -59,16 +60,28 @@ def crop_jpeg(path: Path) -> bytes:
 
 
 def token_of(run: ChartRun) -> str | None:
-    for name, sec in run.secrets.items():
-        if name.endswith("-auth"):
-            return base64.b64decode(sec["data"]["token"]).decode()
-    return None
+    """The public API token from the chart-rendered Secret (not the shard token's Secret)."""
+    sec = run.secrets.get("vs-visual-search-auth")
+    return base64.b64decode(sec["data"]["token"]).decode() if sec else None
+
+
+# VSEARCH_DEPLOY_BACKEND=podman (scripts/deploy_podman.sh): the same workloads as podman containers
+# from scripts/build_images.sh's images, CPU Triton (triton.gpu.enabled=false: the GPU repository
+# flavour needs the onnxruntime GPU backend). Default: local processes (CI).
+PODMAN = os.environ.get("VSEARCH_DEPLOY_BACKEND") == "podman"
 
 
 @pytest.fixture(scope="module", params=["defaults", "local-values"])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartRun]:
     files = [] if request.param == "defaults" else [HERE / "local-values.yaml"]
-    chart = ChartRun.render(tmp_path_factory.mktemp(f"chart-{request.param}"), values_files=files)
+    tmp = tmp_path_factory.mktemp(f"chart-{request.param}")
+    if PODMAN:
+        from visual_search.deploy.podman import PodmanChartRun
+
+        cpu = ("triton.gpu.enabled=false",)
+        chart: ChartRun = PodmanChartRun.render(tmp, values_files=files, set_values=cpu)
+    else:
+        chart = ChartRun.render(tmp, values_files=files)
     with chart:
         chart.start()
         chart.wait_ready(timeout=300)

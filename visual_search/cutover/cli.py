@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pub.add_argument("--configmap",
                      help="or: the ConfigMap holding it (in-cluster API, service-account token)")
     pub.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"))
-    pub.add_argument("--shard-token", default=os.environ.get("VSEARCH_SHARD_TOKEN"), help="[env]")
+    pub.add_argument("--shard-token", default=os.environ.get("VSEARCH_SHARD_TOKEN"),
+                     help="shard token [env VSEARCH_SHARD_TOKEN, or a file in VSEARCH_SHARD_TOKEN_FILE]")
     pub.set_defaults(func=cmd_publish)
 
     b = sub.add_parser("rollback", help="switch the gateway back to the previous generation")
@@ -101,11 +102,13 @@ def _show(label: str, g: object) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from visual_search.cutover.publish import PublishError, publish
+    from visual_search.shard.auth import load_token
 
     try:
         doc = publish(
             shards=args.shards, triton_url=args.triton, rollback=args.rollback, file=args.file,
-            configmap=args.configmap, namespace=args.namespace, token=args.shard_token,
+            configmap=args.configmap, namespace=args.namespace,
+            token=args.shard_token or load_token(),  # else $VSEARCH_SHARD_TOKEN_FILE (the chart's Job)
         )
     except PublishError as exc:
         print(f"vsearch cutover publish: not published: {exc}")

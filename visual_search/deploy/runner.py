@@ -202,12 +202,13 @@ def emulation_for(image: str, home: Path, run_dir: Path) -> Emulation:
     last = repo.rsplit("/", 1)[-1]
     if last == "vsearch":
         return _vsearch_image(home)
-    if last in ("tritonserver", "vsearch-triton"):
+    if last in ("tritonserver", "vsearch-triton", "vsearch-triton-gpu"):  # GPU image: served on CPU here
         return _triton_image(home)
     if last == "model-repository":
         return _model_repository_image(home, run_dir)
     raise DeployError(
-        f"image {image!r} has no local emulation (known: vsearch, tritonserver, model-repository)"
+        f"image {image!r} has no local emulation "
+        "(known: vsearch, vsearch-triton[-gpu], tritonserver, model-repository)"
     )
 
 

@@ -37,7 +37,7 @@ class ShardMap:
     def parse(cls, spec: str) -> ShardMap:
         """Parse `a:1,b:2;c:3` or the path of a JSON file (see module doc)."""
         spec = spec.strip()
-        if spec.endswith(".json") or (spec and Path(spec).is_file()):
+        if spec.endswith(".json") or (spec and _is_file(spec)):
             data = json.loads(Path(spec).read_text())
             groups = data["shards"] if isinstance(data, dict) else data
             return cls(tuple(tuple(str(a) for a in g) for g in groups))
@@ -46,6 +46,15 @@ class ShardMap:
 
     def to_spec(self) -> str:
         return ";".join(",".join(r) for r in self.shards)
+
+
+def _is_file(spec: str) -> bool:
+    """A shard map string of real cluster DNS names is longer than a file name may be
+    (ENAMETOOLONG): that is a map, not a file."""
+    try:
+        return Path(spec).is_file()
+    except OSError:
+        return False
 
 
 # How many replicas of a shard must apply a write before the gateway acknowledges it:
