@@ -169,9 +169,9 @@ class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
 
 # A restarted shard (supervisor, pod restart) must be reached again in about a second, not after
 # gRPC's default reconnect backoff (up to 120 s): these apply unless the caller sets its own.
+# (Not grpc.min_reconnect_backoff_ms: it is also the minimum connect timeout.)
 RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 
