@@ -74,8 +74,8 @@ class Stack:
     def triton_options(self) -> Any:
         """Repository options: `auto` serves each model at the precision that passed its INT8 gates
         (manifest `default_precision`, e.g. FP32 detector + INT8 encoder); fp32/int8 force both."""
-        from ensemble.generate import Options
         from visual_search import models
+        from visual_search.triton.repository import Options
 
         if self.opts.precision != "auto":
             return Options(precision=self.opts.precision)

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     sp.stub().Upsert(shard_pb2.UpsertRequest(items=b, model_version=MODEL), timeout=120)
             triton_url = None
             if not args.no_triton:
-                from ensemble.generate import Options
+                from visual_search.triton.repository import Options
                 from visual_search.triton.server import TritonServer
 
                 triton = TritonServer(options=Options(precision="fp32"), run_dir=Path(tmp) / "triton").start()

@@ -2,7 +2,8 @@
 
 The python-backend stub embeds libpython 3.11; it finds the serving venv (numpy<2,
 onnxruntime, pillow) because the venv's bin/ is first on PATH, the repository root is on
-PYTHONPATH (for visual_search and ensemble) and libpython's LIBDIR is on LD_LIBRARY_PATH.
+PYTHONPATH (the copied model.py files import visual_search) and libpython's LIBDIR is on
+LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ensemble.generate import Options, write_repository
+from visual_search.triton.repository import Options, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".cache" / "tritonserver"
