@@ -37,6 +37,7 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.ingest",
     "visual_search.bench.memory",
     "visual_search.bench.gateway_loop",
+    "visual_search.bench.supervision",
 ]
 
 

@@ -36,8 +36,11 @@ def _health(address: str, service: str) -> int:
 
 
 def test_sigkill_triton_cleans_up_restarts_and_health_follows(tmp_path: Path) -> None:
+    # a fixed shard budget: Triton reloading its models starves this 2-core box, and the adaptive
+    # budget (100 ms floor) would turn slow shard answers into UNAVAILABLE - not what is tested here
     opts = StackOptions(
-        tmp_path / "stack", shards=1, precision="fp32", gateway_args=["--triton-health-interval", "0.3"],
+        tmp_path / "stack", shards=1, precision="fp32",
+        gateway_args=["--triton-health-interval", "0.3", "--shard-budget-ms", "5000"],
         supervise_kw={"base_delay_s": 0.5, "max_attempts": 3},
     )
     with Stack(opts) as stack, vc.Client(stack.gateway.address, timeout=60, retries=0) as c:
@@ -107,7 +110,15 @@ def test_sigkill_triton_cleans_up_restarts_and_health_follows(tmp_path: Path) ->
             assert time.monotonic() < deadline, events
             time.sleep(0.2)
         assert sp.proc.pid != old and sp.proc.poll() is None
-        cheap_queries_work()
+        # the gateway's channel reconnects on its own gRPC backoff: queries work again within a bound
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                cheap_queries_work()
+                break
+            except vc.Unavailable:
+                assert time.monotonic() < deadline, "queries still failing 60 s after the shard restarted"
+                time.sleep(0.5)
     # after a normal stop nothing of Triton's is left
     assert not [p for p in new_regions if p.exists()]
 

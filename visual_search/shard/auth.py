@@ -167,12 +167,26 @@ class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         return await continuation(_aio_details(details, self._md), request_iterator)
 
 
+# A restarted shard (supervisor, pod restart) must be reached again in about a second, not after
+# gRPC's default reconnect backoff (up to 120 s): these apply unless the caller sets its own.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+def _with_reconnect(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    given = {k for k, _ in options}
+    return [*options, *((k, v) for k, v in RECONNECT_OPTIONS if k not in given)]
+
+
 def channel(
     address: str, token: str | None = None, options: Sequence[tuple[str, Any]] = ()
 ) -> grpc.Channel:
     """A loopback/cluster channel to a shard whose every call carries the shard token
     (`token`, else the configured one; none configured = plain channel, for --insecure-no-auth)."""
-    ch = grpc.insecure_channel(address, options=list(options))
+    ch = grpc.insecure_channel(address, options=_with_reconnect(options))
     tok = token or load_token()
     return grpc.intercept_channel(ch, _SyncToken(tok)) if tok else ch
 
@@ -185,4 +199,6 @@ def aio_channel(
     interceptors: list[Any] = (
         [_AioUnaryUnary(tok), _AioUnaryStream(tok), _AioStreamUnary(tok)] if tok else []
     )
-    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors or None)
+    return grpc.aio.insecure_channel(
+        address, options=_with_reconnect(options), interceptors=interceptors or None
+    )
