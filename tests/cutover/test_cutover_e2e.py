@@ -26,7 +26,8 @@ from visual_search.cutover.reembed import reembed
 from visual_search.eval import canary
 from visual_search.gateway.admin import AdminClient
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.triton.client import TritonClient
 from visual_search.triton.repository import Options
 from visual_search.triton.server import DEFAULT_TRITON_HOME, TritonServer

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import ids
     from visual_search.bench.e2e import hardware
     from visual_search.bench.update import _chunks, _items
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2
 
     load_start = round(os.getloadavg()[0], 2)

@@ -34,7 +34,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from visual_search.supervise import free_port, spawn, stop_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "visual-search"
@@ -81,12 +82,6 @@ def helm_template(
     if proc.returncode != 0:
         raise DeployError(proc.stderr.strip() or proc.stdout.strip())
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- pods ------------------------------------------------------------------------------------------
@@ -468,15 +463,11 @@ class ChartRun:
         paths = {**emu.paths, **self._mount_paths(container, vols)}
         env = {**emu.env, **self._env(pod, container, paths)}
         argv = self._argv(pod, container, emu, paths)
-        log = pod.log_path(container["name"]).open("ab")
-        log.write(f"$ {' '.join(argv)}\n".encode())
-        log.flush()
+        log = pod.log_path(container["name"])
+        with log.open("ab") as f:
+            f.write(f"$ {' '.join(argv)}\n".encode())
         cwd = paths.get(container.get("workingDir", ""), pod.dir)
-        try:
-            return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                    start_new_session=True)
-        finally:
-            log.close()
+        return spawn(argv, log, env=env, cwd=cwd)  # own process group: stop_pod ends it whole
 
     def start_pod(self, pod: Pod, init_timeout: float = 300.0) -> None:
         """Init containers to completion (in order), then the containers."""
@@ -486,7 +477,7 @@ class ChartRun:
             try:
                 rc = proc.wait(init_timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                stop_groups([proc], 0)
                 raise DeployError(f"{pod.name}: init container {c['name']} timed out") from None
             if rc != 0:
                 tail = pod.log_tail(c["name"])
@@ -514,8 +505,7 @@ class ChartRun:
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            stop_groups([proc], 0)
             rc = -9
         return rc, pod.log_tail(cname, 20000)
 
@@ -613,17 +603,9 @@ class ChartRun:
 
     # ---- stop ------------------------------------------------------------------------------
     def stop_pod(self, pod: Pod, grace: float = 30.0) -> None:
-        for proc in pod.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in pod.procs.values():
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        """SIGTERM every container's process group at once, SIGKILL what is left after `grace`
+        (the kubelet's terminationGracePeriodSeconds, emulated)."""
+        stop_groups(pod.procs.values(), grace)
 
     def stop(self) -> None:
         """Gateways first (drain), then shards (final snapshot), then the rest."""
