@@ -92,6 +92,19 @@ def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child's process group, reap the leader and wait (bounded) until no member is left.
+
+    Never signals a group id whose processes are all gone and reaped: the kernel may have given
+    that number to someone else. An unreaped leader, or any live member, keeps the id ours."""
+    if proc.returncode is None:  # not reaped yet (maybe a zombie): its pid is still ours
+        kill_group(proc.pid)
+        proc.wait()
+    if group_pids(proc.pid):  # members (e.g. Triton's stubs) pin the group id
+        kill_group(proc.pid)
+        wait_group_gone(proc.pid)
+
+
 def stop_groups(procs: Iterable[subprocess.Popen[bytes] | None], timeout: float, *,
                 term_group: bool = True) -> list[int | None]:
     """Stop processes started by spawn(), all at once: SIGTERM (to the whole group, or with
@@ -109,9 +122,7 @@ def stop_groups(procs: Iterable[subprocess.Popen[bytes] | None], timeout: float,
     for p in live:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(max(0.0, deadline - time.monotonic()))
-        kill_group(p.pid)  # the leader if it hung, and any child it left behind
-        p.wait()
-        wait_group_gone(p.pid)
+        end_group(p)  # the leader if it hung, and any child it left behind
     return [p.returncode for p in live]
 
 
@@ -213,9 +224,7 @@ class ManagedProcess:
     def kill(self) -> None:
         """SIGKILL the whole group: a crash (no drain, no final snapshot)."""
         if self.proc is not None:
-            kill_group(self.proc.pid)
-            self.proc.wait()
-            wait_group_gone(self.proc.pid)
+            end_group(self.proc)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Graceful stop: SIGTERM, up to `timeout` s to finish, then SIGKILL the group's leftovers."""
@@ -341,7 +350,7 @@ class Supervisor:
             return
         t0 = time.monotonic()
         summary = child.cleanup()  # counts and kills what is left, removes shm
-        kill_group(proc.pid)
+        end_group(proc)
         ms = round((time.monotonic() - t0) * 1e3, 1)
         self._event(child, "exited", returncode=rc, cleanup_ms=ms, cleaned=summary)
         while not self._stop.is_set():
@@ -361,7 +370,7 @@ class Supervisor:
                 child.cleanup()
                 p = child.proc()
                 if p is not None:
-                    kill_group(p.pid)
+                    end_group(p)
                 continue
             child.up_since = time.monotonic()
             self._event(child, "restarted", attempt=child.attempts, pid=child.proc().pid)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visual_search.supervise import ManagedProcess, free_port, http_ok, kill_group, stop_groups, wait_until
+from visual_search.supervise import ManagedProcess, end_group, free_port, http_ok, stop_groups, wait_until
 from visual_search.triton.repository import Options, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -154,9 +154,7 @@ class TritonServer(ManagedProcess):
         """SIGKILL whatever is left of the process group and remove its shm regions; returns the
         number of regions removed. For after a crash (stubs outlive a SIGKILLed tritonserver)."""
         if self.proc is not None:
-            kill_group(self.proc.pid)
-            if self.proc.poll() is None:
-                self.proc.wait(10)
+            end_group(self.proc)
         removed = 0
         for p in self.shm_regions():
             with contextlib.suppress(FileNotFoundError):
