@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from visual_search.supervise import free_port, spawn, stop_groups
+from visual_search.supervise import end_group, free_port, spawn, stop_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "visual-search"
@@ -477,7 +477,7 @@ class ChartRun:
             try:
                 rc = proc.wait(init_timeout)
             except subprocess.TimeoutExpired:
-                stop_groups([proc], 0)
+                end_group(proc)
                 raise DeployError(f"{pod.name}: init container {c['name']} timed out") from None
             if rc != 0:
                 tail = pod.log_tail(c["name"])
@@ -505,7 +505,7 @@ class ChartRun:
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            stop_groups([proc], 0)
+            end_group(proc)
             rc = -9
         return rc, pod.log_tail(cname, 20000)
 
