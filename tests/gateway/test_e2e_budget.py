@@ -82,7 +82,9 @@ def test_budget_drops_slow_shards_but_never_turns_a_slow_answer_into_none(
         try:
             opts = search_pb2.SearchOptions(shard_budget_ms=100)
             res, elapsed = timed_search(c, cluster, options=opts)
-            assert res.hits and res.hits[0].item_id == "item0002"
+            assert res.hits  # an answer, not UNAVAILABLE
+            if not res.partial:  # both shards made it (the usual case): the right item first
+                assert res.hits[0].item_id == "item0002"
             assert 0.4 < elapsed < 3.0, elapsed  # waited for the stalled shards, not the deadline
         finally:
             resume.join()

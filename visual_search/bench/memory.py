@@ -182,7 +182,10 @@ def _paths(gateway: str, triton_url: str) -> dict[str, Callable[[bytes], str]]:
                     call((search_pb2_grpc.VisualSearchStub(ch), img))
                     return "OK"
                 except grpc.RpcError as e:
-                    return str(e.code().name)
+                    detail = (e.details() or "")[:160]
+                    return str(e.code().name) + (
+                        f" ({detail})" if e.code().name != "INVALID_ARGUMENT" else ""
+                    )
 
         return run
 

@@ -261,6 +261,8 @@ class ShardFanout:
                 # this shard or the first other one, at most to the call's own deadline.
                 waiter = asyncio.ensure_future(answered.wait())
                 done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if task not in done:  # another shard answered first: one more budget from then
+                    done, _ = await asyncio.wait({task}, timeout=budget)
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -281,8 +283,8 @@ class ShardFanout:
     ) -> FanoutResult:
         """Query every shard in parallel, each within its time budget (`budget` seconds, else the
         shard's own, see shard_budget) and the deadline; a shard that errs or runs over is listed
-        missing, not fatal (unless all miss): once one shard answered, the answer never waits for a
-        stalled shard longer than its budget; while none has, they get up to the budget cap."""
+        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer than
+        its budget after the first shard answered; while none has, they get up to the budget cap."""
         answered = asyncio.Event()
 
         async def one(rs: ReplicaSet) -> tuple[shard_pb2.SearchResponse, int]:
