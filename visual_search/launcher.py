@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -74,8 +73,8 @@ class Stack:
     def triton_options(self) -> Any:
         """Repository options: `auto` serves each model at the precision that passed its INT8 gates
         (manifest `default_precision`, e.g. FP32 detector + INT8 encoder); fp32/int8 force both."""
-        from ensemble.generate import Options
         from visual_search import models
+        from visual_search.triton.repository import Options
 
         if self.opts.precision != "auto":
             return Options(precision=self.opts.precision)
@@ -85,7 +84,8 @@ class Stack:
     def start(self) -> Stack:
         from visual_search.gateway.process import GatewayProcess
         from visual_search.shard import auth as shard_auth
-        from visual_search.testing import ShardProcess, free_port, wait_healthy
+        from visual_search.shard.process import ShardProcess
+        from visual_search.supervise import free_port, wait_healthy
         from visual_search.triton.client import TritonClient
         from visual_search.triton.server import TritonServer
 
@@ -111,7 +111,6 @@ class Stack:
                         metrics_port=free_port(),
                         log_path=run / f"shard{s}-{r}.log",
                         extra_args=self.opts.shard_args,
-                        new_session=True,
                     )
                     for r in range(self.opts.replicas)
                 ]
@@ -144,15 +143,9 @@ class Stack:
             stubs = len(triton.group_pids())
             return f"{stubs} group processes killed, {triton.kill_leftovers()} shm regions removed"
 
-        def triton_proc() -> Any:
-            return triton.proc
-
-        children = [
-            Child("triton", triton_proc, lambda: triton.start(), triton_cleanup, tick=triton.protect_shm)
-        ]
+        children = [Child.of("triton", triton, cleanup=triton_cleanup, tick=triton.protect_shm)]
         for i, sp in enumerate(self.shards):
-            name = f"shard{i // self.opts.replicas}-{i % self.opts.replicas}"
-            children.append(Child(name, functools.partial(getattr, sp, "proc"), sp.start))
+            children.append(Child.of(f"shard{i // self.opts.replicas}-{i % self.opts.replicas}", sp))
         return Supervisor(children, **self.opts.supervise_kw)  # type: ignore[arg-type]
 
     def rebuild_shards(self, timeout: float = 900.0) -> list[str]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.generate import Options
 from visual_search.cli import main as vsearch
 from visual_search.client import Client, IndexItem, VisualSearchError
 from visual_search.client_cli import iter_source
@@ -27,8 +26,10 @@ from visual_search.cutover.reembed import reembed
 from visual_search.eval import canary
 from visual_search.gateway.admin import AdminClient
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.triton.client import TritonClient
+from visual_search.triton.repository import Options
 from visual_search.triton.server import DEFAULT_TRITON_HOME, TritonServer
 
 MANIFEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery_packages_dev" / "manifest.csv"

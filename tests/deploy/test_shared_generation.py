@@ -21,7 +21,7 @@ from visual_search import client as vc
 from visual_search.cutover.publish import PublishError, publish
 from visual_search.deploy.runner import ChartRun, Pod, helm_binary
 from visual_search.launcher import DEFAULT_MANIFEST, stack_missing
-from visual_search.testing import ShardProcess
+from visual_search.shard.process import ShardProcess
 
 _missing = "helm binary missing: run scripts/install_helm.sh" if helm_binary() is None else stack_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=str(_missing))

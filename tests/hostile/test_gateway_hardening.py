@@ -21,7 +21,7 @@ from visual_search.gateway.admin import AdminClient
 from visual_search.gateway.process import GatewayProcess
 from visual_search.launcher import Stack
 from visual_search.shard import auth as shard_auth
-from visual_search.testing import free_port
+from visual_search.supervise import free_port
 from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 ADMIN_TOKEN = "hostile-admin-token"

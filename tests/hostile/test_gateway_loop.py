@@ -18,7 +18,7 @@ import pytest
 from visual_search import contract as C
 from visual_search.bench.gateway_loop import large_jpeg
 from visual_search.gateway.process import GatewayProcess, metric_value
-from visual_search.testing import ShardProcess
+from visual_search.shard.process import ShardProcess
 from visual_search.v1 import search_pb2, search_pb2_grpc
 
 MODEL = "hostile-loop-v1"

@@ -20,7 +20,8 @@ from tests.hostile.conftest import SEEDED, auth, still_serving
 from visual_search import ids
 from visual_search.launcher import Stack
 from visual_search.shard import auth as shard_auth
-from visual_search.testing import ShardProcess, free_port
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port
 from visual_search.v1 import search_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 

@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import pytest
 from PIL import Image
 
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import CommandProcess, free_port, http_ok
 
 MODEL = "hostile-web-v1"
 TOKEN = "s3cret-web-token-0123456789"
@@ -97,28 +97,15 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         GatewayProcess(
             shard.address, model_version=MODEL, log_path=root / "gw.log", extra_args=["--auth-token", TOKEN]
         ) as gw,
-        open(log, "wb") as lf,
-    ):
-        env = {**os.environ, "VSEARCH_AUTH_TOKEN": TOKEN}
-        proc = subprocess.Popen(
+        CommandProcess(
             [sys.executable, "-m", "visual_search.cli", "web", "--port", str(port), "--gateway", gw.address,
              "--catalog-root", str(catalog)],
-            stdout=lf, stderr=subprocess.STDOUT, env=env,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-            yield Web(port, proc, log, catalog)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+            log, env={**os.environ, "VSEARCH_AUTH_TOKEN": TOKEN},
+            ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+        ) as web,
+    ):
+        assert web.proc is not None
+        yield Web(port, web.proc, log, catalog)
 
 
 def _assert_4xx(status: int, body: dict, want: int | None = None) -> None:

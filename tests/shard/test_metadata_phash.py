@@ -14,8 +14,8 @@ from tests.shard.helpers import DIM, MODEL, catalog, make_item, unit_vectors, up
 from visual_search.shard.engine import EngineConfig, ShardEngine
 from visual_search.shard.filters import compile_filter
 from visual_search.shard.index import IndexConfig
+from visual_search.shard.process import ShardProcess
 from visual_search.shard.validation import ValidationError
-from visual_search.testing import ShardProcess
 from visual_search.v1 import shard_pb2 as pb
 
 ARGS = ["--faiss-threads", "1", "--pq-bits", "4", "--train-threshold", "100000", "--grace", "2"]

@@ -18,7 +18,7 @@ import pytest
 
 from visual_search import client as vc
 from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions, stack_missing
-from visual_search.testing import free_port
+from visual_search.supervise import free_port
 from visual_search.web.server import WebApp, make_handler
 
 ROOT = Path(__file__).resolve().parents[2]

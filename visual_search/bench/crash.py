@@ -189,7 +189,7 @@ def run_crash_test(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
 
     model = "crash-model"
     rng = np.random.default_rng(seed)
@@ -382,7 +382,8 @@ def run_replica_crash_test(
 
     import numpy as np
 
-    from visual_search.testing import ShardProcess, free_port, wait_healthy
+    from visual_search.shard.process import ShardProcess
+    from visual_search.supervise import free_port, wait_healthy
     from visual_search.v1 import shard_pb2 as pb
 
     model = "crash-model"

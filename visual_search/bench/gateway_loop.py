@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import ids
     from visual_search.bench.e2e import hardware
     from visual_search.bench.update import _chunks, _items
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2
 
     load_start = round(os.getloadavg()[0], 2)
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     sp.stub().Upsert(shard_pb2.UpsertRequest(items=b, model_version=MODEL), timeout=120)
             triton_url = None
             if not args.no_triton:
-                from ensemble.generate import Options
+                from visual_search.triton.repository import Options
                 from visual_search.triton.server import TritonServer
 
                 triton = TritonServer(options=Options(precision="fp32"), run_dir=Path(tmp) / "triton").start()

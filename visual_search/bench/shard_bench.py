@@ -402,7 +402,7 @@ def _grpc_part(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2 as pb
 
     model = "bench-model"

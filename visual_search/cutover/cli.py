@@ -143,5 +143,5 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
     path, version = derive_encoder(args.out, args.seed)
     print(f"wrote {path} (model version {version}); serve it with "
-          f"`python -m ensemble.generate --encoder {path} --out REPO`")
+          f"`vsearch triton generate --encoder {path} --out REPO`")
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from visual_search.gateway.config import GatewayConfig, ShardMap
+from visual_search.gateway.discovery import discover_model_version
 from visual_search.gateway.embedder import Embedder, TritonEmbedder
 from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.metrics import GatewayMetrics
@@ -105,8 +106,6 @@ async def build_generation(
     expect_version): a generation is never half old, half new. Not strict (start-up): the
     gateway's documented discovery (flag, else Triton, else the shards), tolerating down replicas.
     """
-    from visual_search.gateway.server import discover_model_version
-
     pinned = None if strict else cfg.model_version  # a switch takes the version the new stack reports
     gcfg = dataclasses.replace(cfg, shard_map=shard_map, triton_url=triton_url, model_version=pinned)
     fanout = ShardFanout(gcfg, metrics)

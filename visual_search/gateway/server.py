@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from visual_search import contract as C
 from visual_search.gateway.admin import AdminService
 from visual_search.gateway.auth import TokenAuthInterceptor
 from visual_search.gateway.config import GatewayConfig, ShardMap
-from visual_search.gateway.embedder import Embedder
-from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.generations import Generation, GenerationRouter, build_generation, load_state
 from visual_search.gateway.genwatch import GenerationWatcher, read_spec
 from visual_search.gateway.metrics import GatewayMetrics
@@ -33,44 +30,6 @@ from visual_search.v1 import admin_pb2_grpc, search_pb2, search_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["VisualSearch"].full_name
 PROCESS_HEALTH = "process"  # same name as the shards' liveness service
-
-
-async def _discover_once(cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout) -> str:
-    if embedder is not None:
-        return await embedder.model_version()  # raises while Triton is unreachable
-    loop = asyncio.get_running_loop()
-    for st in await fanout.stats(loop.time() + 5.0):
-        if st is not None and st.model_version:
-            return st.model_version
-    return ""
-
-
-async def discover_model_version(
-    cfg: GatewayConfig, embedder: Embedder | None, fanout: ShardFanout, wait_s: float | None = None
-) -> str:
-    """The served model version: the flag, else Triton's encoder version (with Triton configured
-    it is the only truth), else the shards'. Waits up to `wait_s` (cfg.version_wait_s) for Triton
-    to load its models / the shards to start, as on Kubernetes every pod starts at once."""
-    if cfg.model_version:
-        return cfg.model_version
-    wait_s = cfg.version_wait_s if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    last_log = 0.0
-    while True:
-        why = "no version reported"
-        try:
-            v = await _discover_once(cfg, embedder, fanout)
-            if v:
-                return v
-        except Exception as exc:
-            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        if time.monotonic() > deadline:
-            src = f"Triton at {cfg.triton_url}" if embedder is not None else "the shards"
-            raise RuntimeError(f"cannot tell the model version: {src} gave none within {wait_s:.0f}s ({why})")
-        if time.monotonic() - last_log > 10:
-            log.info("waiting for the model version (%s)", why)
-            last_log = time.monotonic()
-        await asyncio.sleep(1.0)
 
 
 @dataclass

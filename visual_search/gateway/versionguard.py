@@ -1,7 +1,7 @@
 """One version truth (issue 11): the gateway serves only while Triton's encoder and every shard
 replica's stamp name the same model version.
 
-Triton is the source: its `embed` model config carries the encoder version (ensemble/generate
+Triton is the source: its `embed` model config carries the encoder version (triton/repository.py
 writes it from the exported model's manifest). At start and then every `interval` seconds the
 guard compares the current generation's version with Triton's and with the stamp every reachable
 replica reports (Stats). On a mismatch the gateway's health turns NOT_SERVING (the Service stops

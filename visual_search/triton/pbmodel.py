@@ -1,4 +1,4 @@
-"""Helpers shared by the python-backend models in ensemble/models (run inside the Triton stub).
+"""Helpers shared by the python-backend models in triton/models/ (run inside the Triton stub).
 
 `pb_utils` is passed in rather than imported: the module `triton_python_backend_utils` only
 exists inside the stub, and keeping it out of imports lets tests and mypy load this file.
