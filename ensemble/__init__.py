@@ -1,1 +1,1 @@
-"""Triton model repository: python-backend model code and the config generator."""
+"""Compatibility shim: Triton serving code lives in visual_search/triton/ (see ensemble/generate.py)."""

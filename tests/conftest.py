@@ -35,8 +35,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 # processes (tritonserver, shards, gateway, helm, the CLI). `pytest -m "not integration"` is then
 # the few-second loop; the guard below keeps the marking honest.
 _STARTS_PROCESSES = re.compile(
-    r"\b(subprocess|Popen|TritonServer|ShardProcess|GatewayProcess|Stack\(|running\(|chart_tools|"
-    r"stack_missing|cli\.main|run_crash_test)\b"
+    r"\b(subprocess|Popen|TritonServer|ShardProcess|GatewayProcess|CommandProcess|Stack\(|running\(|"
+    r"chart_tools|stack_missing|cli\.main|run_crash_test|ChartRun|helm_template)\b"
 )
 # What the guard looks for in a started command line (libraries may run small helpers of their own).
 _OUR_PROCESSES = re.compile(r"tritonserver|visual_search|vsearch|helm|chrom|locust|promtool|podman")

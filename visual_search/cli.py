@@ -36,6 +36,9 @@ BENCH_MODULES: list[str] = [
     "visual_search.bench.update",
     "visual_search.bench.budget",
     "visual_search.bench.ingest",
+    "visual_search.bench.memory",
+    "visual_search.bench.gateway_loop",
+    "visual_search.bench.supervision",
 ]
 
 

@@ -21,6 +21,21 @@ NORM_TOLERANCE: Final = 0.01
 MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS: Final = 40_000_000  # decompression-bomb guard (width * height)
 MIN_IMAGE_SIDE: Final = 8
+# Long side / short side at most this. Every resize is bounded by it: the whole-image encoder
+# input scales the SHORT side to ENCODER_RESIZE, so a 400000x100 strip would become a
+# 1024000x256 intermediate (~2.7 GB peak in Triton's crop step, issue 12). At 20:1 the largest
+# intermediate is 5120x256x3 bytes. Checked from the header, before any pixel is decoded.
+MAX_ASPECT_RATIO: Final = 20.0
+# Boxes one image may carry into the crop step (each becomes a 3x224x224 float32 encoder input):
+# the detector keeps at most DETECTOR_MAX_DETECTIONS; a direct Triton caller may send no more.
+MAX_BOXES_PER_IMAGE: Final = 20
+
+# ---- gateway health (grpc.health.v1 service names) -------------------------------------------
+# "" and the VisualSearch service name: the gateway process serves (vector / item-id queries work
+# while the shards do). The photo name is NOT_SERVING while Triton is unreachable: Detect, photo
+# Search and IndexItems fail then, vector and item-id queries keep working.
+HEALTH_PHOTO_QUERIES: Final = "visual_search.v1.VisualSearch/photo"
+HEALTH_VECTOR_QUERIES: Final = "visual_search.v1.VisualSearch/vector"
 
 # ---- search limits --------------------------------------------------------------------------
 MAX_K: Final = 1000
@@ -30,6 +45,9 @@ MAX_QUERY_BATCH: Final = 1024
 MAX_UPSERT_BATCH: Final = 10_000  # items per Upsert / ids per Delete / patches per UpdateMetadata
 MAX_PHASH_DISTANCE: Final = 16  # hash-first exact lookup: largest Hamming distance a request may ask
 MAX_PHASH_HITS: Final = 10  # hash-first exact lookup: items returned per query at most
+# A request's whole filter (serialized Filter message: field names and every string value) at
+# most this many bytes; the gateway fans a filter out to every shard, so it is bounded up front.
+MAX_FILTER_BYTES: Final = 16 * 1024
 
 # ---- preprocessing (used by visual_search/preprocess.py everywhere) ---------------------------
 DETECTOR_INPUT_SIZE: Final = 640  # square letterbox side, pixels (indexing: every catalog object)

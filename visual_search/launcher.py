@@ -1,6 +1,8 @@
 """`vsearch up` and `vsearch demo`: the whole stack on loopback (Triton + S shards + gateway).
 
-`up` starts everything, waits for readiness, prints the endpoints and runs until Ctrl-C/SIGTERM,
+Everything listens on 127.0.0.1 only (Triton's gRPC/HTTP/metrics too), and the shards require a
+per-stack random token that only the gateway gets. `up` starts everything, waits for readiness,
+prints the endpoints and runs until Ctrl-C/SIGTERM,
 then stops the gateway first (drain), the shards (final snapshot) and Triton. `demo` is the
 quickstart: a fresh stack in a temporary directory, a sample of the grocery catalog indexed
 through the public API, a few real photo queries printed with the boxes chosen, then stop.
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import random
+import secrets
 import signal
 import sys
 import tempfile
@@ -49,6 +54,9 @@ class StackOptions:
     precision: str = "auto"  # auto = per model, INT8 where it passed its gates (see triton_options)
     gateway_args: list[str] = field(default_factory=list)
     shard_args: list[str] = field(default_factory=list)  # extra `vsearch shard` flags
+    # Restart Triton / a shard that exits (process group killed, Triton's shm removed, backoff).
+    supervise: bool = True
+    supervise_kw: dict[str, float] = field(default_factory=dict)  # Supervisor(...) overrides
 
 
 class Stack:
@@ -59,13 +67,14 @@ class Stack:
         self.triton: Any = None
         self.shards: list[Any] = []
         self.gateway: Any = None
+        self.supervisor: Any = None
         self.model_version = ""
 
     def triton_options(self) -> Any:
         """Repository options: `auto` serves each model at the precision that passed its INT8 gates
         (manifest `default_precision`, e.g. FP32 detector + INT8 encoder); fp32/int8 force both."""
-        from ensemble.generate import Options
         from visual_search import models
+        from visual_search.triton.repository import Options
 
         if self.opts.precision != "auto":
             return Options(precision=self.opts.precision)
@@ -74,14 +83,22 @@ class Stack:
 
     def start(self) -> Stack:
         from visual_search.gateway.process import GatewayProcess
-        from visual_search.testing import ShardProcess, free_port, wait_healthy
+        from visual_search.shard import auth as shard_auth
+        from visual_search.shard.process import ShardProcess
+        from visual_search.supervise import free_port, wait_healthy
         from visual_search.triton.client import TritonClient
         from visual_search.triton.server import TritonServer
 
         run = self.opts.run_dir
         run.mkdir(parents=True, exist_ok=True)
+        # Shards require a token (shard/auth.py): a random one per stack unless VSEARCH_SHARD_TOKEN
+        # is set, passed to shards and gateway through the environment (never argv).
+        shard_auth.ensure_token()
         try:
-            self.triton = TritonServer(options=self.triton_options(), run_dir=run / "triton")
+            self.triton = TritonServer(
+                options=self.triton_options(), run_dir=run / "triton",
+                shm_prefix=f"vsearch_{os.getpid()}_{secrets.token_hex(4)}_",  # ours alone, removable
+            )
             self.triton.start()
             with TritonClient(self.triton.grpc_url) as tc:
                 self.model_version = tc.encoder_version()
@@ -110,10 +127,26 @@ class Stack:
                 port=self.opts.gateway_port or None,
                 extra_args=self.opts.gateway_args,
             ).start()
+            if self.opts.supervise:
+                self.supervisor = self._supervisor().start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _supervisor(self) -> Any:
+        from visual_search.supervise import Child, Supervisor
+
+        triton = self.triton
+
+        def triton_cleanup() -> str:
+            stubs = len(triton.group_pids())
+            return f"{stubs} group processes killed, {triton.kill_leftovers()} shm regions removed"
+
+        children = [Child.of("triton", triton, cleanup=triton_cleanup, tick=triton.protect_shm)]
+        for i, sp in enumerate(self.shards):
+            children.append(Child.of(f"shard{i // self.opts.replicas}-{i % self.opts.replicas}", sp))
+        return Supervisor(children, **self.opts.supervise_kw)  # type: ignore[arg-type]
 
     def rebuild_shards(self, timeout: float = 900.0) -> list[str]:
         """Rebuild every shard replica now (IVF-PQ trains once past its threshold; a rebuild the
@@ -155,6 +188,8 @@ class Stack:
         return [f"http://127.0.0.1:{sp.metrics_port}/metrics" for sp in self.shards]
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # nothing is restarted while the stack stops on purpose
         if self.gateway is not None:
             self.gateway.stop()
         for sp in self.shards:
@@ -216,6 +251,7 @@ def _stack_args(p: argparse.ArgumentParser, default_port: int) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     opts = StackOptions(Path(args.run_dir), args.shards, args.replicas, args.port, args.precision)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
         try:

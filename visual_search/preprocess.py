@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from visual_search import contract as C
+from visual_search.errors import describe, public_message
 
 
 class ImageError(ValueError):
@@ -49,20 +50,42 @@ def decode_image(data: bytes) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
-            w, h = img.size  # header only: check before decoding pixels
-            if w * h > C.MAX_IMAGE_PIXELS:
-                raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {C.MAX_IMAGE_PIXELS}")
-            if min(w, h) < C.MIN_IMAGE_SIDE:
-                raise ImageError(f"image is {w}x{h}; each side must be at least {C.MIN_IMAGE_SIDE} pixels")
+            check_size(*img.size)  # header only: check before decoding pixels
             img.load()
             img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageError(f"image refused as a decompression bomb: {e}") from e
+        raise ImageError(public_message(f"image refused as a decompression bomb: {e}")) from e
     except Exception as e:  # PIL raises many types for corrupt/truncated/unknown data
-        raise ImageError(f"cannot decode image: {type(e).__name__}: {e}") from e
+        raise ImageError(f"cannot decode image: {describe(e)}") from e
     return to_rgb(img)
+
+
+def check_size(w: int, h: int) -> None:
+    """Pixel count, smallest side and aspect ratio within the contract (bounded memory per image)."""
+    if w * h > C.MAX_IMAGE_PIXELS:
+        raise ImageError(f"image is {w}x{h} = {w * h} pixels; the limit is {C.MAX_IMAGE_PIXELS}")
+    if min(w, h) < C.MIN_IMAGE_SIDE:
+        raise ImageError(f"image is {w}x{h}; each side must be at least {C.MIN_IMAGE_SIDE} pixels")
+    check_aspect(w, h)
+
+
+def check_aspect(w: int, h: int) -> None:
+    """Long side / short side within MAX_ASPECT_RATIO (bounds every resize of the image)."""
+    if max(w, h) > C.MAX_ASPECT_RATIO * max(1, min(w, h)):
+        raise ImageError(
+            f"image is {w}x{h}: aspect ratio {max(w, h) / max(1, min(w, h)):.1f}:1 exceeds the limit "
+            f"{C.MAX_ASPECT_RATIO:g}:1 (long side / short side)"
+        )
+
+
+def check_rgb(img: np.ndarray) -> np.ndarray:
+    """An already decoded image from a caller (Triton's IMAGE_RGB input): HxWx3 uint8, same limits."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ImageError(f"decoded image must be HxWx3 uint8; got shape {list(img.shape)} {img.dtype}")
+    check_size(int(img.shape[1]), int(img.shape[0]))
+    return img
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -151,6 +174,7 @@ def encoder_input(img: np.ndarray) -> np.ndarray:
     evaluation transform; best for whole photos on the dev sets).
     """
     h, w = img.shape[:2]
+    check_aspect(w, h)  # bounds the intermediate: at most ENCODER_RESIZE x MAX_ASPECT_RATIO x it
     s = C.ENCODER_RESIZE / min(h, w)
     nw, nh = max(C.ENCODER_INPUT_SIZE, round(w * s)), max(C.ENCODER_INPUT_SIZE, round(h * s))
     r = _resize(img, nw, nh)
@@ -171,6 +195,8 @@ def object_input(img: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def encoder_batch(img: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
     """Encoder inputs [N + 1, 3, 224, 224]: one per box (objects, in order), then the whole image."""
+    if boxes is not None and len(boxes) > C.MAX_BOXES_PER_IMAGE:
+        raise ImageError(f"{len(boxes)} boxes for one image; at most {C.MAX_BOXES_PER_IMAGE}")
     parts = [object_input(img, b) for b in (boxes if boxes is not None else [])]
     parts.append(encoder_input(img))
     return np.stack(parts)

@@ -73,3 +73,16 @@ def test_label_probes_expect_same_label_catalog_items() -> None:
         assert p.image and all(e.split("/")[1] == p.label for e in p.expected_item_ids)
     again, _ = K.build_from_labels(SHARED, n=6, k=5, seed=1)
     assert [p.name for p in again.probes] == [p.name for p in ps.probes]  # reproducible
+
+
+def test_recall_by_shard_shows_the_shard_that_lost_its_items() -> None:
+    from visual_search.ids import shard_for
+
+    on = {s: [f"sku-{i}" for i in range(200) if shard_for(f"sku-{i}", 2) == s][:2] for s in (0, 1)}
+    probe = K.Probe((on[0][0], on[0][1], on[1][0], on[1][1]), query_item_id=on[0][0])
+    # shard 1's items are gone from the answers; shard 0's are there
+    got = K.ProbeResult(probe, returned=[on[0][0], on[0][1], "x"], recall=0.5)
+    report = K.CanaryReport(10, [got], ["m"], 0.1)
+    assert report.recall_by_shard(2) == {0: 1.0, 1: 0.0}
+    errored = K.CanaryReport(10, [K.ProbeResult(probe, error="UNAVAILABLE: down")], ["m"], 0.1)
+    assert errored.recall_by_shard(2) == {0: 0.0, 1: 0.0}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.generate import Options
 from visual_search.cli import main as vsearch
 from visual_search.client import Client, IndexItem, VisualSearchError
 from visual_search.client_cli import iter_source
@@ -27,12 +26,15 @@ from visual_search.cutover.reembed import reembed
 from visual_search.eval import canary
 from visual_search.gateway.admin import AdminClient
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.triton.client import TritonClient
+from visual_search.triton.repository import Options
 from visual_search.triton.server import DEFAULT_TRITON_HOME, TritonServer
 
 MANIFEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery_packages_dev" / "manifest.csv"
 PER_LABEL, K = 2, 5
+ADMIN_TOKEN = "cutover-admin-token"  # the admin port refuses to start without one
 
 
 @dataclass
@@ -89,7 +91,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             wait_healthy(p.address, 120, p.proc)
         admin_port = free_port()
         gw = GatewayProcess(";".join(p.address for p in shards_a), triton_url=servers[0].grpc_url,
-                            log_path=root / "gw.log", extra_args=["--admin-port", str(admin_port)]).start()
+                            log_path=root / "gw.log", extra_args=["--admin-port", str(admin_port)],
+                            env={"VSEARCH_ADMIN_TOKEN": ADMIN_TOKEN}).start()
         catalog = _catalog()
         with Client(gw.address, timeout=120) as c:
             results = list(c.index(IndexItem(i, p.read_bytes(), category=lab) for i, p, lab in catalog))
@@ -116,7 +119,7 @@ def test_cutover_under_queries_then_rollback(env: Env, capsys: pytest.CaptureFix
 
     # an interrupted first run: 10 items re-embedded, then the job "dies"
     state = env.root / "state.jsonl"
-    with AdminClient(env.admin) as adm:
+    with AdminClient(env.admin, token=ADMIN_TOKEN) as adm:
         live_shards = adm.generations().current.shards
     first = asyncio.run(reembed(env.catalog, live_shards, env.spec(env.shards_b), env.triton_b.grpc_url,
                                 env.version_b, state, stop_after=10))
@@ -172,7 +175,7 @@ def test_cutover_under_queries_then_rollback(env: Env, capsys: pytest.CaptureFix
     overlap = [len(set(b) & {h.item_id for h in r.hits}) / K for b, r in zip(before, after, strict=True)]
     assert sum(overlap) / len(overlap) >= 0.8  # same catalog, rotated space: same neighbours
 
-    assert vsearch(["cutover", "rollback", "--admin", env.admin]) == 0
+    assert vsearch(["cutover", "rollback", "--admin", env.admin, "--admin-token", ADMIN_TOKEN]) == 0
     with Client(env.gw.address, timeout=60) as c:
         back = [[h.item_id for h in c.search(image=ph, k=K).hits] for ph in photos]
         assert c.search(image=photos[0], k=K).model_version == env.version_a
@@ -181,7 +184,8 @@ def test_cutover_under_queries_then_rollback(env: Env, capsys: pytest.CaptureFix
 
 def _run_args(env: Env, state: Path, out: Path) -> list[str]:
     return [
-        "cutover", "run", "--admin", env.admin, "--catalog", str(MANIFEST), "--new-shards",
+        "cutover", "run", "--admin", env.admin, "--admin-token", ADMIN_TOKEN,
+        "--catalog", str(MANIFEST), "--new-shards",
         env.spec(env.shards_b), "--new-triton", env.triton_b.grpc_url, "--probes", str(env.probes),
         "--k", str(K), "--min-recall", "0.8", "--state", str(state), "--gateway", env.gw.address,
         "--json", str(out), "--batch", "8",
@@ -194,7 +198,7 @@ def test_failing_canary_blocks_the_switch(env: Env, tmp_path: Path) -> None:
     ps = canary.load_probes(env.probes)
     wrong = [canary.Probe(("no-such-item",), image=p.image, name=p.name) for p in ps.probes]
     canary.save_probes(canary.ProbeSet(wrong, K), bad, inline_images=True)
-    with AdminClient(env.admin) as adm:
+    with AdminClient(env.admin, token=ADMIN_TOKEN) as adm:
         before = adm.generations().current
     state = tmp_path / "state.jsonl"
     out = tmp_path / "result.json"
@@ -203,5 +207,5 @@ def test_failing_canary_blocks_the_switch(env: Env, tmp_path: Path) -> None:
     assert vsearch(args) == 1
     res = json.loads(out.read_text())
     assert not res["switched"] and any("canary" in p for p in res["problems"])
-    with AdminClient(env.admin) as adm:
+    with AdminClient(env.admin, token=ADMIN_TOKEN) as adm:
         assert adm.generations().current == before

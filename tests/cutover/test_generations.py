@@ -21,7 +21,8 @@ from visual_search import contract, ids
 from visual_search.client import Client, VisualSearchError
 from visual_search.gateway.admin import AdminClient
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
 
 V_A, V_B = "test-enc-a", "test-enc-b"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from visual_search import contract, ids
-from visual_search.testing import ShardProcess
+from visual_search.shard.process import ShardProcess
 from visual_search.v1 import shard_pb2
 
 MODEL = "test-model-v1"
@@ -58,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     for p in procs:
         p.start(wait=False)
     try:
-        from visual_search.testing import wait_healthy
+        from visual_search.supervise import wait_healthy
 
         for p in procs:
             wait_healthy(p.address, 120, p.proc)

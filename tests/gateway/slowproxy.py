@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 
-from visual_search.testing import free_port
+from visual_search.supervise import free_port
 
 
 class SlowProxy:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -61,3 +62,31 @@ def test_default_budget_follows_recent_p99_and_cap(cluster: Cluster, tmp_path: P
             assert elapsed < 1.5, elapsed  # well under the 2 s cap: the budget came from the p99
         finally:
             os.kill(cluster.shard1.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+
+
+def test_budget_drops_slow_shards_but_never_turns_a_slow_answer_into_none(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Both shards stalled past the budget (an overloaded host): the query waits for the first one
+    (up to the budget cap) instead of failing with UNAVAILABLE."""
+    pids = [p.proc.pid for p in [*cluster.shard0, cluster.shard1]]  # type: ignore[union-attr]
+    with (
+        GatewayProcess(cluster.spec(), model_version=MODEL, log_path=tmp_path / "gw.log") as gw,
+        vc.Client(gw.address, retries=0) as c,
+    ):
+        assert not timed_search(c, cluster)[0].partial
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids])
+        resume.start()
+        try:
+            opts = search_pb2.SearchOptions(shard_budget_ms=100)
+            res, elapsed = timed_search(c, cluster, options=opts)
+            assert res.hits  # an answer, not UNAVAILABLE
+            if not res.partial:  # both shards made it (the usual case): the right item first
+                assert res.hits[0].item_id == "item0002"
+            assert 0.4 < elapsed < 3.0, elapsed  # waited for the stalled shards, not the deadline
+        finally:
+            resume.join()
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)

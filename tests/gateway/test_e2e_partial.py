@@ -21,6 +21,8 @@ def test_shard_missing_the_deadline_gives_partial_results(cluster: Cluster, tmp_
             GatewayProcess(spec, model_version=MODEL, log_path=tmp_path / "gw.log") as gw,
             vc.Client(gw.address) as c,
         ):
+            # warm-up: connections to the shards are set up on first use, not in the timed call
+            c.search(vector=cluster.vectors["item0001"], model_version=MODEL, k=5, timeout=10)
             t0 = time.monotonic()
             res = c.search(vector=cluster.vectors["item0001"], model_version=MODEL, k=5, timeout=0.4)
             elapsed = time.monotonic() - t0

@@ -16,7 +16,7 @@ from tests.gateway.conftest import MODEL, Cluster
 from visual_search import client as vc
 from visual_search import ids
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import free_port
+from visual_search.supervise import free_port
 from visual_search.v1 import search_pb2, shard_pb2
 
 NO_RERANK = search_pb2.SearchOptions(no_business_rerank=True)

@@ -318,3 +318,15 @@ def test_cancelled_search_cancels_its_shard_calls() -> None:
             await fan.close()
 
     asyncio.run(go())
+
+
+def test_shard_map_of_long_cluster_dns_names_is_a_map_not_a_file() -> None:
+    """Real StatefulSet DNS names make the spec longer than a file name may be (ENAMETOOLONG)."""
+    from visual_search.gateway.config import ShardMap
+
+    spec = ";".join(
+        ",".join(f"vs-visual-search-shard-{i}-{r}.vs-visual-search-shard-{i}.search.svc.cluster.local:50061"
+                 for r in range(2))
+        for i in range(2)
+    )
+    assert len(spec) > 255 and ShardMap.parse(spec).num_shards == 2

@@ -19,7 +19,8 @@ from visual_search.gateway.config import GatewayConfig, ShardMap
 from visual_search.gateway.fanout import ShardFanout, ShardUnavailable
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.process import GatewayProcess
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.v1 import search_pb2, search_pb2_grpc, shard_pb2
 
 ARGS = ["--faiss-threads", "1", "--grace", "2", "--repair-interval", "0.5"]

@@ -117,7 +117,9 @@ def test_one_statefulset_per_shard_with_replicas_and_pvcs(value_set: str) -> Non
         assert args[0] == "shard"
         assert args[args.index("--shard-id") + 1] == str(i)
         assert args[args.index("--data-dir") + 1] == "/data"
-        assert args[args.index("--model-version") + 1] == values["modelVersion"]
+        # No version string in values: a fresh shard is stamped with Triton's encoder version.
+        assert "--model-version" not in args
+        assert args[args.index("--triton") + 1] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
         # A headless Service per shard, selecting exactly this shard's pods.
         assert sts["spec"]["serviceName"] == name
         svc = headless[name]
@@ -140,7 +142,7 @@ def test_gateway_shard_map_lists_every_replica(value_set: str) -> None:
     values = load_values(value_set)
     n, r, port = values["shards"]["count"], values["shards"]["replicas"], values["shards"]["port"]
     docs = render(value_set)
-    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["gateway.json"])
+    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["shards.json"])
     expected = [
         [
             f"vs-visual-search-shard-{i}-{j}.vs-visual-search-shard-{i}.{NS}.svc.cluster.local:{port}"
@@ -149,8 +151,9 @@ def test_gateway_shard_map_lists_every_replica(value_set: str) -> None:
         for i in range(n)
     ]
     assert config["shards"] == expected
-    assert config["model_version"] == values["modelVersion"]
-    assert config["triton_url"] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
+    args = pod_spec(one(docs, "Deployment", "-gateway"))["containers"][0]["args"]
+    assert args[args.index("--shards") + 1] == "/etc/vsearch/gateway/shards.json"
+    assert args[args.index("--triton") + 1] == f"vs-visual-search-triton.{NS}.svc.cluster.local:8001"
     # Every address names a pod the StatefulSets actually create.
     pods = {
         f"{s['metadata']['name']}-{j}"
@@ -182,11 +185,10 @@ def test_tls_and_auth_wiring() -> None:
     }
     # existingSecret given: the chart renders no Secret of its own.
     assert of_kind(docs, "Secret") == []
-    config = json.loads(one(docs, "ConfigMap", "-gateway")["data"]["gateway.json"])
-    assert (
-        config["tls_cert"] == "/etc/vsearch/tls/tls.crt" and config["tls_key"] == "/etc/vsearch/tls/tls.key"
-    )
-    assert config["dedup_threshold"] == 0.95  # extraConfig merged
+    args = container["args"]
+    assert args[args.index("--tls-cert") + 1] == "/etc/vsearch/tls/tls.crt"
+    assert args[args.index("--tls-key") + 1] == "/etc/vsearch/tls/tls.key"
+    assert args[args.index("--dedup-threshold") + 1] == "0.95"  # extraArgs appended
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "vsearch-gateway-tls"
     # kubelet gRPC probes are plaintext: with TLS the gateway is probed on its TCP socket.
@@ -200,14 +202,54 @@ def test_tls_and_auth_wiring() -> None:
 
 def test_generated_auth_secret_when_no_existing_secret() -> None:
     docs = render("default-values.yaml", sets=("auth.enabled=true", "auth.token=s3cret"))
-    (secret,) = of_kind(docs, "Secret")
+    secret = one(docs, "Secret", "-search-auth")
 
     assert base64.b64decode(secret["data"]["token"]).decode() == "s3cret"
     env = {e["name"]: e for e in pod_spec(one(docs, "Deployment", "-gateway"))["containers"][0]["env"]}
     assert env["VSEARCH_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
     # No token given: a random 32-character one is generated.
     random_docs = render("default-values.yaml", sets=("auth.enabled=true",))
-    assert len(base64.b64decode(of_kind(random_docs, "Secret")[0]["data"]["token"])) == 32
+    assert len(base64.b64decode(one(random_docs, "Secret", "-search-auth")["data"]["token"])) == 32
+
+
+def _token_file(spec: dict[str, Any], container: dict[str, Any]) -> tuple[str, str]:
+    """(Secret name, key) behind the container's VSEARCH_SHARD_TOKEN_FILE."""
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["VSEARCH_SHARD_TOKEN_FILE"]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    key = path[len(mount["mountPath"]) + 1 :]
+    assert [i["key"] for i in volume["secret"]["items"]] == [key]
+    return volume["secret"]["secretName"], key
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_shard_token_reaches_every_shard_and_the_gateway(value_set: str) -> None:
+    """Shards refuse calls without the shard token: every shard pod and the gateway mount the same
+    Secret (a file, never argv); it is rendered (random) unless an existing Secret is named."""
+    docs = render(value_set)
+    values = load_values(value_set)
+    gateway = pod_spec(one(docs, "Deployment", "-gateway"))
+    want = _token_file(gateway, gateway["containers"][0])
+    for sts in of_kind(docs, "StatefulSet"):
+        spec = pod_spec(sts)
+        assert _token_file(spec, spec["containers"][0]) == want
+        assert not any("token" in str(a).lower() for a in spec["containers"][0]["args"])
+    rendered = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-shard-auth")]
+    if values["shardAuth"]["existingSecret"]:
+        assert want[0] == values["shardAuth"]["existingSecret"] and rendered == []
+    else:
+        (secret,) = rendered
+        assert want == (secret["metadata"]["name"], "token")
+        assert len(base64.b64decode(secret["data"]["token"])) == 48
+    # A given token: used as is, and changing it rolls the shard pods.
+    a = render("default-values.yaml", sets=("shardAuth.token=one",))
+    b = render("default-values.yaml", sets=("shardAuth.token=two",))
+    assert base64.b64decode(one(a, "Secret", "-shard-auth")["data"]["token"]) == b"one"
+    key = "checksum/shard-auth"
+    ann = [one(d, "StatefulSet", "-shard-0")["spec"]["template"]["metadata"]["annotations"] for d in (a, b)]
+    assert ann[0][key] != ann[1][key]
 
 
 def test_hpa_cpu_and_optional_custom_metric() -> None:
@@ -231,7 +273,8 @@ def test_triton_gpu_scheduling_and_model_repository() -> None:
     triton = one(render("default-values.yaml"), "Deployment", "-triton")
     spec = pod_spec(triton)
     container = spec["containers"][0]
-    assert container["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    # our Triton image (deploy/Dockerfile.triton-gpu): the plain NGC one lacks the models' deps
+    assert container["image"].startswith("ghcr.io/visual-search/vsearch-triton-gpu:")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
@@ -339,7 +382,7 @@ def test_network_policies_only_gateway_reaches_shards_and_triton() -> None:
     }
     for name, port, callers in (
         ("vs-visual-search-shards", 50061, [gateway_labels, shard_labels]),
-        ("vs-visual-search-triton", 8001, [gateway_labels]),
+        ("vs-visual-search-triton", 8001, [gateway_labels, shard_labels]),  # shards: version stamp
     ):
         rules = policies[name]["spec"]["ingress"]
         api_rule = next(r for r in rules if any(p["port"] == port for p in r["ports"]))
@@ -370,8 +413,10 @@ def test_monitoring_objects_and_alerts() -> None:
     for name, metric in {
         "VSearchShardP99LatencyHigh": "vsearch_gateway_shard_request_seconds_bucket",
         "VSearchPartialResultsHigh": "vsearch_gateway_partial_results_total",
-        "VSearchIndexStale": "vsearch_shard_index_age_seconds",
-        "VSearchIngestLagHigh": "vsearch_shard_ingest_lag_seconds_bucket",
+        "VSearchIndexFreshnessBehind": "vsearch_shard_last_applied_write_timestamp_seconds",
+        "VSearchIngestBehind": "vsearch_gateway_ingest_behind_seconds",
+        "VSearchCanaryShardRecallLow": "vsearch_canary_shard_recall",
+        "VSearchModelVersionMismatch": "vsearch_gateway_model_version_consistent",
         "VSearchCanaryRecallLow": "vsearch_canary_recall",
         "VSearchEmbeddingNormDrift": "vsearch_gateway_embedding_norm_sum",
         "VSearchTritonQueueTimeHigh": "nv_inference_queue_duration_us",
@@ -425,7 +470,7 @@ def test_dashboard_configmap_ships_the_dashboard() -> None:
         (("shards.podAntiAffinity=sometimes",), "podAntiAffinity"),
         (("gateway.port=70000",), "gateway.port"),
         (("canary.minRecall=1.5",), "minRecall"),
-        (("modelVersion=",), "modelVersion"),
+        (("modelVersion=v1",), "modelVersion"),  # gone: Triton is the one version truth
         (("tls.enabled=true",), "existingSecret"),
         (("monitoring.serviceMonitor.interval=soon",), "interval"),
     ],

@@ -14,8 +14,8 @@ from tests.shard.helpers import DIM, MODEL, catalog, make_item, unit_vectors, up
 from visual_search.shard.engine import EngineConfig, ShardEngine
 from visual_search.shard.filters import compile_filter
 from visual_search.shard.index import IndexConfig
+from visual_search.shard.process import ShardProcess
 from visual_search.shard.validation import ValidationError
-from visual_search.testing import ShardProcess
 from visual_search.v1 import shard_pb2 as pb
 
 ARGS = ["--faiss-threads", "1", "--pq-bits", "4", "--train-threshold", "100000", "--grace", "2"]
@@ -47,8 +47,8 @@ def test_patch_sets_only_given_fields_filters_see_it_and_it_survives_wal_and_sna
         pb.MetadataPatch(item_id="item-9", replace_attributes=True, attributes={"size": "s"}),
         pb.MetadataPatch(item_id="nope", price=1.0),
     ]
-    updated, not_found, seq = eng.update_metadata(patches)
-    assert (updated, not_found) == (3, ["nope"]) and seq > 0
+    out = eng.update_metadata(patches)
+    assert (out.updated, out.not_found, out.superseded) == (3, ["nope"], []) and out.wal_sequence > 0
 
     def check(e: ShardEngine) -> None:
         (it7, it8, it9), _ = e.get(["item-7", "item-8", "item-9"], include_vectors=True)

@@ -19,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.shard.helpers import MODEL, catalog, query, upsert_req
 from visual_search.gateway.process import metric_value
-from visual_search.testing import ShardProcess, free_port, wait_healthy
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port, wait_healthy
 from visual_search.v1 import shard_pb2 as pb
 
 BASE = ["--faiss-threads", "1", "--train-threshold", "100000", "--grace", "2", "--log-level", "INFO"]

@@ -141,3 +141,27 @@ def test_wiped_peer_or_dropped_wal_means_a_full_copy(tmp_path: Path) -> None:
     assert list(a.sync_records("another-uid", 1))[0].full_copy
     a.close(final_snapshot=False)
     b.close(final_snapshot=False)
+
+
+def test_metadata_updates_are_versioned_and_reach_a_lagging_replica(tmp_path: Path) -> None:
+    a, b = open_engine(tmp_path / "a"), open_engine(tmp_path / "b")
+    v = unit_vectors(2, seed=9)
+    for eng in (a, b):
+        eng.upsert(upsert_req([versioned(make_item("m", v[0]), 10), versioned(make_item("n", v[1]), 10)]))
+    out = a.update_metadata([pb.MetadataPatch(item_id="m", price=42.0)], version=20)
+    assert (out.updated, out.superseded) == (1, []) and a.versions.live["m"] == 20
+    # an older patch arriving late (slow replica, retried request) does not undo the newer one
+    late = a.update_metadata([pb.MetadataPatch(item_id="m", price=1.0)], version=15)
+    assert (late.updated, late.superseded) == (0, ["m"])
+    assert a.get(["m"], include_vectors=False)[0][0].metadata.price == 42.0
+    assert a.versions.digest != b.versions.digest  # b missed the patch
+    assert pull(b, a) >= 1  # repair carries the patched item, vectors and version included
+    got = b.get(["m"], include_vectors=True)[0][0]
+    assert got.metadata.price == 42.0 and got.version == 20 and got.entries[0].vector_f16
+    assert a.versions.digest == b.versions.digest
+    b.close(final_snapshot=False)  # the pulled patch survives a restart of the replica
+    b = open_engine(tmp_path / "b")
+    assert b.get(["m"], include_vectors=False)[0][0].metadata.price == 42.0
+    assert b.versions.digest == a.versions.digest
+    a.close(final_snapshot=False)
+    b.close(final_snapshot=False)

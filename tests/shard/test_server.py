@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from tests.shard.helpers import MODEL, catalog, f16, make_item, query, unit_vectors, upsert_req
 from visual_search import contract
-from visual_search.testing import ShardProcess, free_port
+from visual_search.shard.process import ShardProcess
+from visual_search.supervise import free_port
 from visual_search.v1 import shard_pb2 as pb
 
 ARGS = ["--faiss-threads", "1", "--pq-bits", "4", "--train-threshold", "100000", "--grace", "2"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.generate import Options
 from visual_search import contract as C
 from visual_search.triton.client import TritonClient
+from visual_search.triton.repository import Options
 from visual_search.triton.server import DEFAULT_TRITON_HOME, TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ensemble.generate import ENSEMBLES, Options, build_configs, render, write_repository
 from visual_search import contract as C
 from visual_search.triton import names as N
+from visual_search.triton.repository import ENSEMBLES, Options, build_configs, render, write_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_committed_configs_match_regeneration(flavour: str, tmp_path: Path) -> N
     for name in names:
         new = (tmp_path / name / "config.pbtxt").read_text()
         old = (committed / name / "config.pbtxt").read_text()
-        assert new == old, f"{flavour}/{name} is stale: run python -m ensemble.generate --configs-only"
+        assert new == old, f"{flavour}/{name} is stale: run vsearch triton generate --configs-only"
 
 
 def test_generation_is_deterministic() -> None:

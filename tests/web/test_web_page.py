@@ -18,7 +18,7 @@ import pytest
 
 from visual_search import client as vc
 from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions, stack_missing
-from visual_search.testing import free_port
+from visual_search.supervise import free_port
 from visual_search.web.server import WebApp, make_handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,4 +161,7 @@ def test_bridge_maps_bad_input_to_http_errors(web: str) -> None:
     assert status == 400, body
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(web + "/api/image?path=../../../etc/passwd", timeout=10)
-    assert e.value.code == 404
+    assert e.value.code == 400  # not an image file: refused before any path lookup
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(web + "/api/image?path=../../../etc/x.jpg", timeout=10)
+    assert e.value.code == 404  # outside the catalog folder

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search.bench.update import _chunks, _items
     from visual_search.client import Client, DeadlineExceeded
     from visual_search.gateway.process import GatewayProcess
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import search_pb2, shard_pb2
 
     load_start = round(os.getloadavg()[0], 2)

@@ -189,7 +189,7 @@ def run_crash_test(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
 
     model = "crash-model"
     rng = np.random.default_rng(seed)
@@ -321,11 +321,12 @@ def _watch_catch_up(b: Any, timeout: float) -> dict[str, Any]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from visual_search.shard import auth as shard_auth
     from visual_search.v1 import shard_pb2 as pb
 
     t0 = time.monotonic()
     seen: dict[str, Any] = {"not_serving_polls": 0, "read_refused": None, "answering_s": None}
-    with grpc.insecure_channel(b.address) as ch:
+    with shard_auth.channel(b.address, b.token) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         shard = pb_grpc(ch)
         while time.monotonic() - t0 < timeout:
@@ -381,7 +382,8 @@ def run_replica_crash_test(
 
     import numpy as np
 
-    from visual_search.testing import ShardProcess, free_port, wait_healthy
+    from visual_search.shard.process import ShardProcess
+    from visual_search.supervise import free_port, wait_healthy
     from visual_search.v1 import shard_pb2 as pb
 
     model = "crash-model"

@@ -1,7 +1,10 @@
 """`vsearch bench shard`: IVF-PQ + exact re-scoring vs exact brute force, in one run.
 
 Data: N x 256 L2-normalised vectors from a mixture of many Gaussians (clustered like real
-embeddings); queries from the same mixture (not in the data). Measures recall@10/@100 against
+embeddings; `--data gauss`), or the harder two-level mixture of issue 13 (`--data mixture2`: 100
+super-centres, 10,000 cluster centres unit(s + 0.7 g/sqrt(d)), points unit(c + 1.25 g/sqrt(d)));
+queries from the same mixture (not in the data). The engine-vs-FAISS part (shard_vs_faiss.py)
+puts FAISS's IndexRefine on the same trained IVF-PQ next to the shard engine. Measures recall@10/@100 against
 faiss IndexFlatIP for an nprobe x rescore_k sweep (rescore_k=0: PQ scores only), queries/s at
 batch 1 and 64 with p50/p99, build times, index RAM and disk bytes per vector, and batch-1
 latency through a real shard process over gRPC. Writes JSON under benchmarks/.
@@ -27,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("shard", help="shard ANN benchmark (recall, q/s, bytes/vector, gRPC latency)")
     p.add_argument("--n", type=int, default=1_000_000, help="catalog vectors")
     p.add_argument("--queries", type=int, default=500, help="queries for recall")
+    p.add_argument(
+        "--data",
+        choices=("gauss", "mixture2"),
+        default="gauss",
+        help="gauss: one-level mixture (--clusters, --spread); mixture2: issue 13's two-level mixture",
+    )
     p.add_argument("--clusters", type=int, default=10_000, help="Gaussian components")
     p.add_argument("--spread", type=float, default=0.5, help="within-cluster std relative to centre norm")
     p.add_argument("--train-points", type=int, default=200_000)
@@ -39,10 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-grpc", action="store_true", help="skip the gRPC service part")
     p.add_argument(
         "--only",
-        choices=("all", "grpc"),
+        choices=("all", "grpc", "engine"),
         default="all",
-        help="grpc: only the gRPC part (no flat baseline, no sweeps; first variant's index)",
+        help="grpc: only the gRPC part (no flat baseline, no sweeps; first variant's index); "
+        "engine: only exact ground truth + first variant + engine vs FAISS IndexRefine",
     )
+    p.add_argument(
+        "--compare-nprobe", type=int, nargs="+", default=[16, 32, 64], help="engine vs FAISS: nprobe values"
+    )
+    p.add_argument(
+        "--compare-candidates",
+        type=int,
+        nargs="+",
+        default=[100, 300, 1000],
+        help="engine vs FAISS: candidates re-scored (FAISS k_factor = candidates/10)",
+    )
+    p.add_argument("--no-compare", action="store_true", help="skip engine vs FAISS IndexRefine")
     p.add_argument(
         "--cache-dir",
         default="",
@@ -79,6 +100,29 @@ def clustered(n: int, dim: int, clusters: int, spread: float, rng: Any) -> Any:
         x += (spread / np.sqrt(dim)) * rng.standard_normal((b - a, dim)).astype(np.float32)
         out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
+
+
+def make_data(args: argparse.Namespace, dim: int) -> tuple[Any, Any]:
+    """(catalog, queries): queries are fresh points of the same mixture (not in the catalog)."""
+    import numpy as np
+
+    if args.data == "mixture2":
+        from visual_search.bench.shard_vs_faiss import mixture2, mixture2_centres
+
+        rng = np.random.default_rng(args.seed)
+        centres = mixture2_centres(dim, rng)
+        return mixture2(args.n, centres, rng), mixture2(
+            args.queries, centres, np.random.default_rng(args.seed + 1)
+        )
+    rng = np.random.default_rng(args.seed)
+    xb = clustered(args.n, dim, args.clusters, args.spread, rng)
+    xq = clustered(args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed))
+    if args.queries:  # same centres (same seed), points past the catalog's
+        full = clustered(
+            args.n + args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed)
+        )
+        xq = full[args.n :]
+    return xb, xq
 
 
 def _pcts(lat_s: list[float]) -> dict[str, float]:
@@ -145,21 +189,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
         "numpy": np.__version__,
     }
     result["arguments"].pop("func", None)
-    xb = clustered(args.n, dim, args.clusters, args.spread, rng)
-    xq = clustered(
-        args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed)
-    )  # same centres
-    xq = (
-        clustered(args.n + args.queries, dim, args.clusters, args.spread, np.random.default_rng(args.seed))[
-            args.n :
-        ]
-        if args.queries
-        else xq
-    )
+    xb, xq = make_data(args, dim)
     print(f"data {args.n}x{dim} in {time.time() - t0:.1f}s", flush=True)
     if args.only == "grpc":
         return _run_grpc_only(args, result, xb, xq, t0)
-    vec16 = xb.astype(np.float16)
+    engine_only = args.only == "engine"
+    vec16 = None if engine_only else xb.astype(np.float16)
 
     # ---- exact baseline -----------------------------------------------------------------------
     flat = faiss.IndexFlatIP(dim)
@@ -168,16 +203,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     _, gt = flat.search(xq, 100)
     flat_batch_s = time.time() - t
     lat = []
-    for q in xq[: args.flat_queries]:
+    for q in xq[: 0 if engine_only else args.flat_queries]:
         t = time.perf_counter()
         flat.search(q[None, :], 10)
         lat.append(time.perf_counter() - t)
     result["flat"] = {
-        "batch1": _pcts(lat),
+        "batch1": _pcts(lat) if lat else None,
         "batch_all": {"queries": len(xq), "qps": round(len(xq) / flat_batch_s, 1)},
         "ram_bytes_per_vector": dim * 4,
     }
-    flat_qps1 = result["flat"]["batch1"]["qps"]
+    flat_qps1 = result["flat"]["batch1"]["qps"] if lat else 0.0
     print("flat", result["flat"], flush=True)
     del flat
 
@@ -185,7 +220,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     result["nlist"] = nlist
     result["variants"] = {}
     best_index = None
-    for variant in args.variants:
+    for variant in args.variants[:1] if engine_only else args.variants:
         bits = 4 if variant.endswith("x4fs") else 8
         cfg = IndexConfig(pq_bits=bits, max_train_points=args.train_points, use_gpu=False)
         t = time.time()
@@ -207,7 +242,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
             "sweep": [],
         }
         print(variant, {k: v[k] for k in v if k != "sweep"}, flush=True)
-        for nprobe in args.nprobe:
+        for nprobe in [] if engine_only else args.nprobe:
             fetch = max(max(args.rescore_k), 100)
             _, cand = ann.search(xq, fetch, nprobe)
             for rk in args.rescore_k:
@@ -236,7 +271,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
                         _rescore(vec16, q, c[0], 10)
                     lat.append(time.perf_counter() - tq)
                 row["batch1"] = _pcts(lat)
-                row["batch1_speedup_vs_flat"] = round(row["batch1"]["qps"] / flat_qps1, 1)
+                row["batch1_speedup_vs_flat"] = (
+                    round(row["batch1"]["qps"] / flat_qps1, 1) if flat_qps1 else None
+                )
                 nb = (min(len(xq), 640) // 64) * 64
                 tq = time.perf_counter()
                 for a in range(0, nb, 64):
@@ -248,13 +285,29 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
                 v["sweep"].append(row)
                 print(variant, row, flush=True)
         result["variants"][variant] = v
+        if variant == args.variants[0] and not args.no_compare:
+            from visual_search.bench.shard_vs_faiss import compare
+
+            # Before the gRPC part, which re-ids this index with hashed entry ids.
+            result["engine_vs_faiss"] = {
+                "index": ann.description,
+                **compare(
+                    xb,
+                    xq,
+                    gt[:, :10],
+                    ann,
+                    args.compare_nprobe,
+                    args.compare_candidates,
+                    args.latency_queries,
+                ),
+            }
         if variant == args.variants[0]:
             best_index = ann
         else:
             del ann
 
     # ---- through the gRPC service ---------------------------------------------------------------
-    if not args.no_grpc and best_index is not None:
+    if not args.no_grpc and not engine_only and best_index is not None:
         result["grpc"] = _grpc_part(args, xb, xq, best_index, rng)
     result["targets"] = _targets(result)
     result["total_s"] = round(time.time() - t0, 1)
@@ -278,6 +331,14 @@ def _targets(r: dict[str, Any]) -> dict[str, Any]:
             "meets_100x": bool(best and best["batch1_speedup_vs_flat"] >= 100),
             "ram_bytes_per_vector": v["ram_bytes_per_vector"],
             "meets_48B": v["ram_bytes_per_vector"] <= 48,
+        }
+    if "engine_vs_faiss" in r:
+        sweep = r["engine_vs_faiss"]["sweep"]
+        out["engine_vs_faiss"] = {
+            "min_ratio_batch1_qps": min(x["ratio_batch1_qps"] for x in sweep),
+            "min_engine_batch64_over_batch1": min(x["engine_batch64_over_batch1"] for x in sweep),
+            "meets_ratio_1": all(x["ratio_batch1_qps"] >= 1.0 for x in sweep),
+            "meets_batch64_3x": all(x["engine_batch64_over_batch1"] >= 3.0 for x in sweep),
         }
     if "grpc" in r:
         g = r["grpc"]["batch1"]
@@ -341,7 +402,7 @@ def _grpc_part(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2 as pb
 
     model = "bench-model"

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search.bench.e2e import hardware
     from visual_search.client import Client
     from visual_search.gateway.process import GatewayProcess
-    from visual_search.testing import ShardProcess
+    from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2
 
     load_start = round(os.getloadavg()[0], 2)

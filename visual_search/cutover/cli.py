@@ -43,6 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--json", help="write the result (figures) to this file")
     r.set_defaults(func=cmd_run)
 
+    pub = sub.add_parser(
+        "publish",
+        help="check a stack (replica stamps = Triton's encoder version) and make it the generation every "
+        "gateway pod serves (--generation-source); --rollback publishes the previous one",
+    )
+    pub.add_argument("--shards", help="shard map 'h:p,h:p;h:p' of the target generation")
+    pub.add_argument("--triton", help="Triton gRPC host:port of the target generation")
+    pub.add_argument("--rollback", action="store_true", help="publish the previous generation again")
+    pub.add_argument("--file", help="the generation document (what the gateways mount)")
+    pub.add_argument("--configmap",
+                     help="or: the ConfigMap holding it (in-cluster API, service-account token)")
+    pub.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    pub.add_argument("--shard-token", default=os.environ.get("VSEARCH_SHARD_TOKEN"),
+                     help="shard token [env VSEARCH_SHARD_TOKEN, or a file in VSEARCH_SHARD_TOKEN_FILE]")
+    pub.set_defaults(func=cmd_publish)
+
     b = sub.add_parser("rollback", help="switch the gateway back to the previous generation")
     _admin(b)
     b.set_defaults(func=cmd_rollback)
@@ -84,6 +100,23 @@ def _show(label: str, g: object) -> None:
               f"inflight {g.inflight}")  # type: ignore[attr-defined]
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from visual_search.cutover.publish import PublishError, publish
+    from visual_search.shard.auth import load_token
+
+    try:
+        doc = publish(
+            shards=args.shards, triton_url=args.triton, rollback=args.rollback, file=args.file,
+            configmap=args.configmap, namespace=args.namespace,
+            token=args.shard_token or load_token(),  # else $VSEARCH_SHARD_TOKEN_FILE (the chart's Job)
+        )
+    except PublishError as exc:
+        print(f"vsearch cutover publish: not published: {exc}")
+        return 1
+    print(f"published generation {doc['number']}: model {doc['model_version']}, shards {doc['shards']}")
+    return 0
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from visual_search.gateway.admin import AdminClient
 
@@ -110,5 +143,5 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
     path, version = derive_encoder(args.out, args.seed)
     print(f"wrote {path} (model version {version}); serve it with "
-          f"`python -m ensemble.generate --encoder {path} --out REPO`")
+          f"`vsearch triton generate --encoder {path} --out REPO`")
     return 0

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from visual_search import ids
 from visual_search.gateway import validation as V
 from visual_search.gateway.config import ShardMap
@@ -28,6 +26,7 @@ from visual_search.gateway.embedder import TritonEmbedder
 from visual_search.gateway.fanout import stamp_versions
 from visual_search.gateway.ingest import build_item
 from visual_search.gateway.phash import phash
+from visual_search.shard import auth as shard_auth
 from visual_search.shard.versions import HybridClock
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
@@ -51,7 +50,8 @@ class _Shards:
 
     def __init__(self, spec: str) -> None:
         self.map = ShardMap.parse(spec)
-        self.channels = [[grpc.aio.insecure_channel(a) for a in r] for r in self.map.shards]
+        # every call carries the shard token (shard/auth.py; env VSEARCH_SHARD_TOKEN[_FILE])
+        self.channels = [[shard_auth.aio_channel(a) for a in r] for r in self.map.shards]
         self.stubs = [[shard_pb2_grpc.SearchShardStub(c) for c in r] for r in self.channels]
         self.clock = HybridClock()  # one version per write for all replicas (shard/README "Replicas")
 

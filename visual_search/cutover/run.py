@@ -68,9 +68,8 @@ def _say(msg: str) -> None:
 
 def new_version_of(triton_url: str, new_shards: str) -> str:
     """The new Triton's encoder version, which every new shard must be stamped with."""
-    import grpc
-
     from visual_search.gateway.config import ShardMap
+    from visual_search.shard import auth as shard_auth
     from visual_search.triton.client import TritonClient
     from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
@@ -78,7 +77,7 @@ def new_version_of(triton_url: str, new_shards: str) -> str:
         version = tc.encoder_version()
     for replicas in ShardMap.parse(new_shards).shards:
         for addr in replicas:
-            with grpc.insecure_channel(addr) as ch:
+            with shard_auth.channel(addr) as ch:  # the shard token from the environment
                 st = shard_pb2_grpc.SearchShardStub(ch).Stats(shard_pb2.StatsRequest(), timeout=10)
             if st.model_version != version:
                 raise SystemExit(f"new shard {addr} is stamped {st.model_version!r}; Triton: {version!r}")

@@ -73,6 +73,22 @@ class CanaryReport:
     def failed(self) -> int:
         return sum(1 for r in self.results if r.error)
 
+    def recall_by_shard(self, num_shards: int) -> dict[int, float]:
+        """Recall per shard: for each shard, the probes expecting items it owns (ids.shard_for),
+        scored on those items only (errors count 0). A shard that lost or mangled its data shows
+        here even when the mean over all probes still looks fine."""
+        from visual_search.ids import shard_for
+
+        per: dict[int, list[float]] = {}
+        for r in self.results:
+            by: dict[int, list[str]] = {}
+            for item in r.probe.expected_item_ids:
+                by.setdefault(shard_for(item, num_shards), []).append(item)
+            for shard, expected in by.items():
+                score = 0.0 if r.error else probe_recall(r.returned, expected, self.k)
+                per.setdefault(shard, []).append(score)
+        return {s: sum(v) / len(v) for s, v in sorted(per.items())}
+
     def verdict(self, min_recall: float, model_version: str | None = None) -> list[str]:
         """Reasons the canary fails (empty = passed)."""
         why = []
@@ -227,7 +243,7 @@ def run_probes(client: Client, probes: Sequence[Probe], k: int) -> CanaryReport:
     return CanaryReport(k, results, versions, time.monotonic() - t0)
 
 
-def push_metrics(report: CanaryReport, url: str, job: str) -> None:
+def push_metrics(report: CanaryReport, url: str, job: str, num_shards: int = 0) -> None:
     """Push the METRICS.md canary gauges to a Prometheus Pushgateway (replaces the job's group)."""
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
@@ -236,6 +252,13 @@ def push_metrics(report: CanaryReport, url: str, job: str) -> None:
         "vsearch_canary_recall", "Mean recall@k of the probe set", ["k", "model_version"], registry=reg
     )
     recall.labels(str(report.k), ",".join(report.model_versions) or "unknown").set(report.recall)
+    if num_shards:
+        per_shard = Gauge(
+            "vsearch_canary_shard_recall", "Recall@k of the probes' expected items owned by each shard",
+            ["k", "shard"], registry=reg,
+        )
+        for shard, value in report.recall_by_shard(num_shards).items():
+            per_shard.labels(str(report.k), str(shard)).set(value)
     last = Gauge("vsearch_canary_last_run_timestamp_seconds", "Unix time of the last run", registry=reg)
     last.set(time.time())
     Gauge("vsearch_canary_probes_failed", "Probes that errored", registry=reg).set(report.failed)

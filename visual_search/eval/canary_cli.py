@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the model version the gateway must serve")
     c.add_argument("--pushgateway", help="Prometheus Pushgateway URL (optional)")
     c.add_argument("--push-job", default="visual-search-canary")
+    c.add_argument("--shards", type=int, default=0,
+                   help="number of shards: also report recall per shard (vsearch_canary_shard_recall)")
     c.add_argument("-v", "--verbose", action="store_true", help="list every probe")
     c.set_defaults(func=cmd_check)
 
@@ -87,9 +89,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         args.gateway, ps, args.k, args.min_recall, args.model_version, **_client_kw(args)
     )
     print(canary.format_report(report, args.verbose))
+    if args.shards:
+        per = report.recall_by_shard(args.shards)
+        print("recall by shard: " + ", ".join(f"{s}: {v:.3f}" for s, v in per.items()))
     if args.pushgateway:
         try:
-            canary.push_metrics(report, args.pushgateway, args.push_job)
+            canary.push_metrics(report, args.pushgateway, args.push_job, args.shards)
         except OSError as e:  # the check's verdict still stands; a stale-canary alert covers this
             print(f"canary: push to {args.pushgateway} failed: {e}", file=sys.stderr)
     for reason in why:

@@ -1,37 +1,66 @@
 """The gateway's admin gRPC service (admin.proto): list, switch and roll back generations.
 
 It listens on its own port, loopback by default, so the public port and its network policy never
-expose it; with an admin token set it also requires `authorization: Bearer <admin token>`.
+expose it; it requires `authorization: Bearer <admin token>` (the gateway refuses to open it
+without a token unless --insecure-admin on loopback, server.check_admin_security). Every Switch
+and Rollback is logged: caller address, what was asked, the outcome (never the token).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from visual_search.errors import public_message
 from visual_search.gateway.config import GatewayConfig, ShardMap
 from visual_search.gateway.generations import GenerationError, GenerationRouter, build_generation
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.v1 import admin_pb2, admin_pb2_grpc
 
 R = TypeVar("R")
+log = logging.getLogger("visual_search.gateway.admin")
+
+
+_AUDITED = ("Switch", "Rollback")  # calls that change what is served: one log line each
+
+
+def _audit(name: str, request: Any, context: grpc.aio.ServicerContext, code: str, detail: str) -> None:
+    """Who asked for what, and the outcome; never the token or other metadata."""
+    fields = {"admin_call": name, "peer": context.peer(), "outcome": code}
+    if name == "Switch":
+        fields.update(
+            shards=request.shards,
+            triton_url=request.triton_url,
+            expect_model_version=request.expect_model_version,
+        )
+    if detail:
+        fields["detail"] = detail
+    log.warning("admin %s: %s", name, code, extra=fields)
 
 
 def _errors(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     @functools.wraps(fn)
     async def inner(self: AdminService, request: Any, context: grpc.aio.ServicerContext) -> R:
+        name = fn.__name__
         try:
-            return await fn(self, request, context)
+            out = await fn(self, request, context)
+            if name in _AUDITED:
+                cur = getattr(out, "current", None)
+                _audit(name, request, context, "OK", f"now serving {cur.model_version}" if cur else "")
+            return out
         except GenerationError as e:
             code, msg = grpc.StatusCode.FAILED_PRECONDITION, str(e)
         except ValueError as e:
             code, msg = grpc.StatusCode.INVALID_ARGUMENT, str(e)
         except TimeoutError:
             code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, "new generation did not answer in time"
-        await context.abort(code, msg)
+        if name in _AUDITED:
+            _audit(name, request, context, code.name, public_message(msg))
+        await context.abort(code, public_message(msg))
         raise AssertionError("unreachable")
 
     return inner

@@ -1,19 +1,30 @@
-"""Token auth: `authorization: Bearer <token>` on every public call (health/reflection exempt,
-so load balancers and grpcurl can probe without the secret). Missing/wrong -> UNAUTHENTICATED."""
+"""Token auth: `authorization: Bearer <token>` (scheme case-insensitive) on every public call
+(health/reflection exempt, so load balancers and grpcurl can probe without the secret).
+Missing/wrong -> UNAUTHENTICATED."""
 
 from __future__ import annotations
 
-import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from visual_search.tokens import bearer_error
+
+log = logging.getLogger("visual_search.gateway.auth")
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _deny_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _deny_handler(
+    handler: grpc.RpcMethodHandler, message: str, audit: str | None = None
+) -> grpc.RpcMethodHandler:
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if audit is not None:  # admin port: every refused call is logged (method, caller, why)
+            log.warning(
+                "admin call refused",
+                extra={"method": audit, "peer": context.peer(), "outcome": "UNAUTHENTICATED", "why": message},
+            )
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kw = {
@@ -30,8 +41,9 @@ def _deny_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMetho
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str, log_denials: bool = False) -> None:
+        self._token = token
+        self._log_denials = log_denials
 
     async def intercept_service(
         self,
@@ -41,10 +53,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        got = dict(details.invocation_metadata or ()).get("authorization")
-        if got is None:
-            return _deny_handler(handler, "missing authorization metadata (want 'Bearer <token>')")
-        got_b = got.encode() if isinstance(got, str) else bytes(got)
-        if not hmac.compare_digest(got_b, self._expected):
-            return _deny_handler(handler, "invalid token")
-        return handler
+        why = bearer_error(details.invocation_metadata, self._token)
+        if why is None:
+            return handler
+        return _deny_handler(handler, why, details.method if self._log_denials else None)

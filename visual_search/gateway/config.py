@@ -8,8 +8,7 @@ are positions in the map, which must match `vsearch shard --shard-id` and ids.sh
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -38,7 +37,7 @@ class ShardMap:
     def parse(cls, spec: str) -> ShardMap:
         """Parse `a:1,b:2;c:3` or the path of a JSON file (see module doc)."""
         spec = spec.strip()
-        if spec.endswith(".json") or (spec and Path(spec).is_file()):
+        if spec.endswith(".json") or (spec and _is_file(spec)):
             data = json.loads(Path(spec).read_text())
             groups = data["shards"] if isinstance(data, dict) else data
             return cls(tuple(tuple(str(a) for a in g) for g in groups))
@@ -49,6 +48,15 @@ class ShardMap:
         return ";".join(",".join(r) for r in self.shards)
 
 
+def _is_file(spec: str) -> bool:
+    """A shard map string of real cluster DNS names is longer than a file name may be
+    (ENAMETOOLONG): that is a map, not a file."""
+    try:
+        return Path(spec).is_file()
+    except OSError:
+        return False
+
+
 # How many replicas of a shard must apply a write before the gateway acknowledges it:
 #   all       every replica (a replica down blocks writes to its shard)
 #   majority  more than half (default): an acknowledged write survives the loss of any minority of
@@ -57,11 +65,6 @@ class ShardMap:
 # A write applied on fewer than all replicas is reported to the caller (replicas_written <
 # replicas) and reaches the others through the shards' repair (shard/README.md "Replicas").
 WRITE_QUORUMS = ("all", "majority", "one")
-
-
-def _env_float(name: str, default: float) -> float:
-    v = os.environ.get(name)
-    return float(v) if v else default
 
 
 @dataclass
@@ -109,24 +112,30 @@ class GatewayConfig:
     index_triton_concurrency: int = 4
     index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
+    # Photo decode + pHash run off the event loop (gateway/cpu.py): threads, and jobs admitted at
+    # once (running + queued; past it RESOURCE_EXHAUSTED). cpu_inline = on the loop (bench baseline).
+    cpu_workers: int = 2
+    cpu_max_pending: int = 16
+    cpu_inline: bool = False
+    triton_health_interval_s: float = 1.0  # how often Triton's readiness is polled for health
     write_quorum: str = "majority"  # WRITE_QUORUMS
     write_grace_s: float = 0.5  # after the quorum answered, how long the other replicas get
     # Admin API (model-version switch, R15; admin.proto): its own listener, 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str | None = None
+    insecure_admin: bool = False  # admin port without a token: only on a loopback admin_host
+    # Token sent on every shard call (shard/auth.py); None = the configured one (env / token file).
+    shard_token: str | None = None
     generation_file: str | None = None  # persisted current/previous generation (survives restarts)
-    extra: dict[str, str] = field(default_factory=dict)
+    # One version truth: seconds between checks of Triton's encoder version against every shard
+    # stamp (gateway/versionguard.py), and how long start-up waits for Triton to report it.
+    version_check_s: float = 5.0
+    # Shared serving generation (gateway/genwatch.py): the file every pod mounts, and its poll period.
+    generation_source: str | None = None
+    generation_poll_s: float = 1.0
+    version_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.write_quorum not in WRITE_QUORUMS:
             raise ValueError(f"write quorum {self.write_quorum!r}: choose one of {', '.join(WRITE_QUORUMS)}")
-
-    @classmethod
-    def from_env_defaults(cls, shard_map: ShardMap) -> GatewayConfig:
-        """Config whose secrets/tunables may come from VSEARCH_* environment variables."""
-        return cls(
-            shard_map=shard_map,
-            auth_token=os.environ.get("VSEARCH_AUTH_TOKEN") or None,
-            hedge_delay_ms=_env_float("VSEARCH_HEDGE_DELAY_MS", 20.0),
-        )

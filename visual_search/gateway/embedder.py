@@ -8,6 +8,7 @@ norms are observed for drift monitoring.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from tritonclient.utils import InferenceServerException
 from visual_search import preprocess
 from visual_search.triton import client as tc
 from visual_search.triton import names as N
+
+log = logging.getLogger("visual_search.gateway.embedder")
 
 InferenceError = tc.InferenceError
 
@@ -88,7 +91,18 @@ class TritonEmbedder:
         try:
             r = await self._c.infer(**tc._request(model, image, box, max(0.001, timeout)))
         except InferenceServerException as e:
-            raise tc._error(model, e) from None
+            err = tc._error(model, e)
+            # one structured line per failed Triton call; no image, box or message content
+            log.warning(
+                "triton call failed",
+                extra={
+                    "event": "triton_call_failed",
+                    "model": model,
+                    "status": err.status or "",
+                    "url": self.url,
+                },
+            )
+            raise err from None
         return tc._parse(model, r)
 
     def _observe(self, vecs: np.ndarray) -> None:

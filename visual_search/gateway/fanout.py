@@ -11,6 +11,7 @@ outcome says when fewer than all did (the shards' repair copies it to the others
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -20,9 +21,11 @@ from typing import Any
 import grpc
 
 from visual_search import ids
+from visual_search.errors import describe
 from visual_search.gateway.config import GatewayConfig
 from visual_search.gateway.hedging import AllAttemptsFailed, LatencyWindow, hedged
 from visual_search.gateway.metrics import GatewayMetrics
+from visual_search.shard import auth as shard_auth
 from visual_search.shard.versions import HybridClock
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
@@ -38,6 +41,7 @@ RETRYABLE = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+log = logging.getLogger("visual_search.gateway.fanout")
 _BAD_REPLICA_S = 1.0  # a replica that just failed goes to the back of the queue this long
 
 
@@ -104,10 +108,17 @@ class FanoutResult:
 class ReplicaSet:
     """The replicas of one shard: stubs, a rotating preference order, recent latencies."""
 
-    def __init__(self, shard_id: int, addresses: tuple[str, ...], options: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        shard_id: int,
+        addresses: tuple[str, ...],
+        options: list[tuple[str, int]],
+        token: str | None = None,
+    ) -> None:
         self.shard_id = shard_id
         self.addresses = addresses
-        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        # every call carries the shard token (shard/auth.py)
+        self.channels = [shard_auth.aio_channel(a, token, options) for a in addresses]
         self.stubs = [shard_pb2_grpc.SearchShardStub(c) for c in self.channels]
         self.latency = LatencyWindow()
         self._next = random.randrange(len(addresses))
@@ -141,7 +152,8 @@ class ShardFanout:
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
         ]
-        self.shards = [ReplicaSet(i, addrs, opts) for i, addrs in enumerate(cfg.shard_map.shards)]
+        token = cfg.shard_token or shard_auth.load_token()
+        self.shards = [ReplicaSet(i, addrs, opts, token) for i, addrs in enumerate(cfg.shard_map.shards)]
         self.clock = HybridClock()  # versions of the writes this gateway sends
 
     @property
@@ -153,10 +165,21 @@ class ShardFanout:
             for ch in rs.channels:
                 await ch.close()
 
-    def _record_failure(self, rs: ReplicaSet, replica: int, exc: BaseException) -> None:
+    def _record_failure(self, rs: ReplicaSet, replica: int, exc: BaseException, method: str) -> None:
         code = _code(exc)
         reason = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable"}
         self.metrics.shard_failures.labels(str(rs.shard_id), reason.get(code, "error")).inc()
+        # one structured line per failed shard call; no query content (vectors, filters, ids)
+        log.warning(
+            "shard call failed",
+            extra={
+                "event": "shard_call_failed",
+                "shard": rs.shard_id,
+                "replica": rs.addresses[replica],
+                "method": method,
+                "code": code.name,
+            },
+        )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             rs.mark_bad(replica)
 
@@ -178,7 +201,7 @@ class ShardFanout:
                     return await getattr(rs.stubs[i], method)(req, timeout=timeout)
                 except BaseException as exc:
                     if not isinstance(exc, asyncio.CancelledError):
-                        self._record_failure(rs, i, exc)
+                        self._record_failure(rs, i, exc, method)
                     raise
 
             return run
@@ -213,7 +236,12 @@ class ShardFanout:
         )
 
     async def _search_one(
-        self, rs: ReplicaSet, req: shard_pb2.SearchRequest, deadline: float, budget: float | None
+        self,
+        rs: ReplicaSet,
+        req: shard_pb2.SearchRequest,
+        deadline: float,
+        budget: float | None,
+        answered: asyncio.Event,
     ) -> tuple[shard_pb2.SearchResponse, int]:
         t0 = time.monotonic()
         budget = self.shard_budget(rs) if budget is None else budget
@@ -224,11 +252,23 @@ class ShardFanout:
         # slower raises its own budget; a stalled one never answers and changes nothing).
         call_deadline = min(deadline, t0 + max(budget, self.cfg.shard_budget_max_ms / 1e3))
         task = asyncio.ensure_future(self._call(rs, "Search", req, call_deadline, hedge=True))
+        waiter: asyncio.Future[Any] | None = None
         try:
             done, _ = await asyncio.wait({task}, timeout=budget)
+            if task not in done and not answered.is_set():
+                # No shard has answered yet (an overloaded host slows them all): the budget drops
+                # the slow ones from an answer, it must not turn a slow answer into none. Wait for
+                # this shard or the first other one, at most to the call's own deadline.
+                waiter = asyncio.ensure_future(answered.wait())
+                done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if task not in done:  # another shard answered first: one more budget from then
+                    done, _ = await asyncio.wait({task}, timeout=budget)
         except asyncio.CancelledError:
             task.cancel()
             raise
+        finally:
+            if waiter is not None:
+                waiter.cancel()
         if task in done:
             return task.result()
         if rs.late_call is None:
@@ -243,9 +283,16 @@ class ShardFanout:
     ) -> FanoutResult:
         """Query every shard in parallel, each within its time budget (`budget` seconds, else the
         shard's own, see shard_budget) and the deadline; a shard that errs or runs over is listed
-        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer
-        than its budget."""
-        tasks = [asyncio.ensure_future(self._search_one(rs, req, deadline, budget)) for rs in self.shards]
+        missing, not fatal (unless all miss): the answer never waits for a stalled shard longer than
+        its budget after the first shard answered; while none has, they get up to the budget cap."""
+        answered = asyncio.Event()
+
+        async def one(rs: ReplicaSet) -> tuple[shard_pb2.SearchResponse, int]:
+            out = await self._search_one(rs, req, deadline, budget, answered)
+            answered.set()
+            return out
+
+        tasks = [asyncio.ensure_future(one(rs)) for rs in self.shards]
         result = FanoutResult()
         try:
             await asyncio.wait(tasks)
@@ -282,8 +329,8 @@ class ShardFanout:
         return resp  # type: ignore[no-any-return]
 
     async def write(self, shard_id: int, method: str, req: Any, deadline: float) -> WriteOutcome:
-        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once the write
-        quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
+        """Send a write (Upsert/Delete/UpdateMetadata) to every replica of a shard. Acknowledged once
+        the write quorum applied it; stragglers get `write_grace_s` more, then count as not (yet) applied.
         Raises ShardCallError when a replica refuses the request itself, ShardUnavailable below
         the quorum (a replica that did apply it passes it on through repair; a retry supersedes)."""
         rs = self.shards[shard_id]
@@ -295,7 +342,7 @@ class ShardFanout:
             try:
                 return await getattr(rs.stubs[i], method)(req, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
-                self._record_failure(rs, i, exc)
+                self._record_failure(rs, i, exc, method)
                 raise
 
         tasks = {asyncio.ensure_future(one(i)): i for i in range(len(rs.stubs))}
@@ -334,6 +381,7 @@ class ShardFanout:
                 WriteBelowQuorum(len(ok), len(rs.stubs), need, self.cfg.write_quorum, why),
             )
         self.metrics.writes.labels(str(rs.shard_id), "all" if len(ok) == len(rs.stubs) else "quorum").inc()
+        self.metrics.last_write_ack.labels(str(rs.shard_id)).set(time.time())
         return WriteOutcome([ok[i] for i in sorted(ok)], len(rs.stubs), why)
 
     async def stats(self, deadline: float) -> list[shard_pb2.StatsResponse | None]:
@@ -380,4 +428,4 @@ def _describe(exc: BaseException) -> str:
         return f"{exc.code().name}: {exc.details()}"
     if isinstance(exc, asyncio.TimeoutError):
         return "DEADLINE_EXCEEDED"
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from visual_search.gateway.config import GatewayConfig, ShardMap
+from visual_search.gateway.discovery import discover_model_version
 from visual_search.gateway.embedder import Embedder, TritonEmbedder
 from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.metrics import GatewayMetrics
@@ -105,8 +106,6 @@ async def build_generation(
     expect_version): a generation is never half old, half new. Not strict (start-up): the
     gateway's documented discovery (flag, else Triton, else the shards), tolerating down replicas.
     """
-    from visual_search.gateway.server import discover_model_version
-
     pinned = None if strict else cfg.model_version  # a switch takes the version the new stack reports
     gcfg = dataclasses.replace(cfg, shard_map=shard_map, triton_url=triton_url, model_version=pinned)
     fanout = ShardFanout(gcfg, metrics)
@@ -147,9 +146,18 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
         self.state_file = state_file
         self._lock = asyncio.Lock()  # one switch at a time (queries never take it)
         self._retiring: set[asyncio.Task[None]] = set()
+        # Set by the VersionGuard while Triton's encoder and a shard stamp disagree: calls refused.
+        self.version_problem: str | None = None
+
+    async def _refuse_on_mismatch(self, context: grpc.aio.ServicerContext) -> None:
+        if self.version_problem:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"model version mismatch: {self.version_problem}"
+            )
 
     # ---- public API: delegate ------------------------------------------------------------
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._refuse_on_mismatch(context)
         gen = self.current
         gen.enter()
         try:
@@ -172,6 +180,7 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
     async def IndexItems(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        await self._refuse_on_mismatch(context)
         gen = self.current
         gen.enter()
         try:
@@ -200,7 +209,12 @@ class GenerationRouter(search_pb2_grpc.VisualSearchServicer):
         """Build (await `build(number)`), validate and activate a generation; (prepare s, swap s)."""
         async with self._lock:
             t0 = time.perf_counter()
-            new: Generation = await build(self._next_number())
+            try:
+                new: Generation = await build(self._next_number())
+            except GenerationError as exc:
+                log.error("generation switch refused, still serving generation %d (model %s): %s",
+                          self.current.number, self.current.model_version, exc)
+                raise
             if expect_version and new.model_version != expect_version:
                 await new.close(0)
                 raise GenerationError(f"new generation serves {new.model_version!r}, not {expect_version!r}")

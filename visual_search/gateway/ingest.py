@@ -24,10 +24,11 @@ import grpc
 import numpy as np
 
 from visual_search import ids
+from visual_search.errors import public_message
 from visual_search.gateway import validation as V
+from visual_search.gateway.cpu import CpuPool, image_info
 from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable, WriteOutcome
-from visual_search.gateway.phash import phash
 from visual_search.v1 import search_pb2, shard_pb2
 
 
@@ -122,13 +123,14 @@ class ShardWriter:
 class Indexer:
     def __init__(
         self, embedder: Embedder | None, fanout: ShardFanout, model_version: str,
-        triton_concurrency: int = 4, upsert_batch: int = 64,
+        triton_concurrency: int = 4, upsert_batch: int = 64, cpu: CpuPool | None = None,
     ) -> None:
         self.embedder = embedder
         self.fanout = fanout
         self.model_version = model_version
         self.writer = ShardWriter(fanout, model_version, upsert_batch)
         self._triton = asyncio.Semaphore(max(1, triton_concurrency))
+        self.cpu = cpu or CpuPool()
 
     async def index(
         self, req: search_pb2.IndexItemRequest, timeout: float,
@@ -136,15 +138,24 @@ class Indexer:
     ) -> search_pb2.IndexItemResult:
         """Index one item; never raises for the item's own problems (they go in the result).
         `after`, if given, is awaited before the write (per-id order in a stream)."""
+        token = self.fanout.metrics.write_started()
+        try:
+            return await self._index(req, timeout, after)
+        finally:
+            self.fanout.metrics.write_done(token)
+
+    async def _index(
+        self, req: search_pb2.IndexItemRequest, timeout: float,
+        after: Callable[[], Awaitable[object]] | None,
+    ) -> search_pb2.IndexItemResult:
         res = search_pb2.IndexItemResult(item_id=req.item_id)
         deadline = time.monotonic() + timeout
         try:
             V.check_item_id(req.item_id)
-            rgb = V.decode_image(req.image)
+            info = await self.cpu.run(image_info, req.image)  # off the event loop, bounded
             if self.embedder is None:
                 raise V.ApiError(grpc.StatusCode.UNAVAILABLE, "indexing needs Triton (not configured)")
-            h, w = rgb.shape[:2]
-            res.phash = phash(rgb)
+            w, h, res.phash = info.width, info.height, info.phash
             async with self._triton:
                 objs = await self.embedder.detect_and_embed(req.image, w, h, deadline - time.monotonic())
             if objs.image_embedding is None:
@@ -163,9 +174,9 @@ class Indexer:
         except InferenceError as e:
             res.error_code, res.error = inference_status(e).name, f"inference failed: {e.message}"
         except ShardCallError as e:
-            res.error_code, res.error = e.code.name, str(e)
+            res.error_code, res.error = e.code.name, public_message(str(e))
         except ShardUnavailable as e:
-            res.error_code, res.error = "UNAVAILABLE", str(e)
+            res.error_code, res.error = "UNAVAILABLE", public_message(str(e))
         except TimeoutError:
             res.error_code, res.error = "DEADLINE_EXCEEDED", "item not indexed before its deadline"
         return res

@@ -6,6 +6,8 @@ it on /metrics.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # The contract's bounds (METRICS.md), shared with the shards so quantiles compare across processes.
@@ -75,6 +77,35 @@ class GatewayMetrics:
             "Vector queries refused for their model version (R6)",
             registry=r,
         )
+        self.last_write_ack = Gauge(
+            "vsearch_gateway_last_write_ack_timestamp_seconds",
+            "Unix time this gateway last acknowledged a write to the shard (its write quorum applied "
+            "it); freshness = this minus each replica's vsearch_shard_last_applied_write_timestamp_seconds",
+            ["shard"],
+            registry=r,
+        )
+        # Writes received and not yet acknowledged (token -> monotonic start): ingest lag in seconds.
+        self._pending_writes: dict[int, float] = {}
+        self._pending_token = 0
+        self.ingest_behind = Gauge(
+            "vsearch_gateway_ingest_behind_seconds",
+            "How far ingest is behind: age of the oldest IndexItems item this gateway received and "
+            "has not yet acknowledged or failed (0 when none is pending)",
+            registry=r,
+        )
+        self.ingest_behind.set_function(self._oldest_pending)
+        self.serving_generation = Gauge(
+            "vsearch_gateway_serving_generation",
+            "Number of the published generation (--generation-source) this pod serves; -1 = none",
+            registry=r,
+        )
+        self.serving_generation.set(-1)
+        self.version_consistent = Gauge(
+            "vsearch_gateway_model_version_consistent",
+            "1 while Triton's encoder version and every reachable shard stamp equal the served "
+            "version; 0 on a mismatch (the gateway is then NOT_SERVING)",
+            registry=r,
+        )
         self.embedding_norm = Histogram(
             "vsearch_gateway_embedding_norm",
             "L2 norm of embeddings from Triton (drift signal)",
@@ -84,6 +115,18 @@ class GatewayMetrics:
         self.indexed_items = Counter(
             "vsearch_gateway_indexed_items", "Items through IndexItems by outcome", ["outcome"], registry=r
         )
+
+    def _oldest_pending(self) -> float:
+        pending = list(self._pending_writes.values())
+        return time.monotonic() - min(pending) if pending else 0.0
+
+    def write_started(self) -> int:
+        self._pending_token += 1
+        self._pending_writes[self._pending_token] = time.monotonic()
+        return self._pending_token
+
+    def write_done(self, token: int) -> None:
+        self._pending_writes.pop(token, None)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -1,17 +1,16 @@
-"""Run a `vsearch gateway` subprocess (for the launcher, tests and benchmarks)."""
+"""Run a `vsearch gateway` subprocess (for the launcher, tests and benchmarks); started, waited
+for and stopped like every other child (supervise.ManagedProcess)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 
-from visual_search.testing import free_port, terminate, wait_healthy
+from visual_search.supervise import ManagedProcess, free_port, wait_healthy
 
 
-class GatewayProcess:
+class GatewayProcess(ManagedProcess):
     """A gateway on a free loopback port; a context manager. Metrics on a second free port."""
 
     def __init__(
@@ -33,9 +32,10 @@ class GatewayProcess:
         self.metrics_port = free_port()
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args or [])
-        self.env = env
+        self.env_overrides = env
         self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_timeout = 15.0
+        self.proc = None
 
     @property
     def address(self) -> str:
@@ -66,37 +66,20 @@ class GatewayProcess:
             cmd += ["--triton", self.triton_url]
         return cmd + self.extra_args
 
-    def start(self) -> GatewayProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **(self.env or {})}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **(self.env_overrides or {})}
+
+    def wait_ready(self, timeout: float) -> None:
         try:
-            wait_healthy(self.address, self.startup_timeout, self.proc)
+            wait_healthy(self.address, timeout, self.proc)
         except Exception as e:
-            self.stop()
             raise RuntimeError(f"gateway did not start: {e}\n{self.log_text()[-3000:]}") from e
-        return self
 
     def metrics_text(self) -> str:
         import urllib.request
 
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return str(r.read().decode())
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return terminate(self.proc, timeout)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:

@@ -19,10 +19,10 @@ from grpc import StatusCode
 
 from visual_search import ids
 from visual_search.gateway import validation as V
+from visual_search.gateway.cpu import CpuPool, image_info
 from visual_search.gateway.embedder import Embedder, Objects
 from visual_search.gateway.fanout import ShardFanout
 from visual_search.gateway.labels import class_name
-from visual_search.gateway.phash import phash
 from visual_search.v1 import search_pb2
 
 T = TypeVar("T")
@@ -43,7 +43,6 @@ class ResolvedQuery:
     triton_s: float = 0.0
     query_phash: int = 0
     exclude_item: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/detect/embed wall time
 
 
@@ -58,7 +57,8 @@ def _spec_from_object(objs: Objects, i: int, vec: np.ndarray, strategy: str) -> 
 
 
 async def _resolve_image(
-    q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float, single_call_default: bool = True
+    q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float, single_call_default: bool,
+    cpu: CpuPool,
 ) -> ResolvedQuery:
     stages: dict[str, float] = {}  # decode / detect / embed seconds, for the stage histogram
 
@@ -70,8 +70,8 @@ async def _resolve_image(
             stages[stage] = stages.get(stage, 0.0) + time.monotonic() - t
 
     t_dec = time.monotonic()
-    rgb = V.decode_image(q.image)
-    h, w = rgb.shape[:2]
+    info = await cpu.run(image_info, q.image)  # decode + pHash in the bounded pool, off the loop
+    w, h = info.width, info.height
     stages["decode"] = time.monotonic() - t_dec
     if embedder is None:
         raise V.ApiError(StatusCode.UNAVAILABLE, "image queries need Triton, which this gateway has not got")
@@ -113,10 +113,7 @@ async def _resolve_image(
             vec = await timed("embed", embedder.embed(q.image, None, left()))
             specs = [QuerySpec(vec, strategy="whole-image")]
     triton_s = time.monotonic() - t0
-    t_hash = time.monotonic()
-    query_phash = phash(rgb)
-    stages["decode"] += time.monotonic() - t_hash  # pHash is image work on the decoded pixels
-    return ResolvedQuery(specs, triton_s=triton_s, query_phash=query_phash, stage_s=stages)
+    return ResolvedQuery(specs, triton_s=triton_s, query_phash=info.phash, stage_s=stages)
 
 
 async def _resolve_item(item_id: str, fanout: ShardFanout, deadline: float) -> ResolvedQuery:
@@ -146,10 +143,12 @@ async def resolve(
     served_version: str,
     deadline: float,
     single_call_default: bool = True,
+    cpu: CpuPool | None = None,
 ) -> ResolvedQuery:
     kind = req.WhichOneof("query")
     if kind == "image":
-        return await _resolve_image(req.image, embedder, deadline, single_call_default)
+        pool = cpu or CpuPool(inline=True)
+        return await _resolve_image(req.image, embedder, deadline, single_call_default, pool)
     if kind == "vector":
         t = time.monotonic()
         vec = V.decode_query_vector(req.vector, served_version)

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import grpc
 
 from visual_search import contract
+from visual_search.errors import public_message
 from visual_search.gateway import validation as V
 from visual_search.gateway.config import GatewayConfig
+from visual_search.gateway.cpu import image_info, shared_pool
 from visual_search.gateway.embedder import Embedder, InferenceError, inference_status
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
 from visual_search.gateway.ingest import Indexer
@@ -67,6 +69,11 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
                 code, msg = grpc.StatusCode.UNAVAILABLE, str(e)
             except InferenceError as e:
                 code, msg = inference_status(e), f"inference failed: {e.message}"
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    msg += (
+                        " (Triton unreachable: photo queries are NOT_SERVING; vector and item-id "
+                        "queries still work)"
+                    )
             except TimeoutError:
                 code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
             finally:
@@ -75,7 +82,7 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
                 self.metrics.request_seconds.labels(name).observe(time.monotonic() - t0)
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 self.metrics.version_mismatch.inc()
-            await context.abort(code, msg)
+            await context.abort(code, public_message(msg))
             raise AssertionError("unreachable")
 
         return inner
@@ -93,8 +100,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self.embedder = embedder
         self.metrics = metrics
         self.model_version = model_version
+        self.cpu = shared_pool(cfg.cpu_workers, cfg.cpu_max_pending, cfg.cpu_inline)
         self.indexer = Indexer(
-            embedder, fanout, model_version, cfg.index_triton_concurrency, cfg.index_upsert_batch
+            embedder, fanout, model_version, cfg.index_triton_concurrency, cfg.index_upsert_batch,
+            self.cpu,
         )
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
@@ -107,10 +116,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self, request: search_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DetectResponse:
         t0 = time.monotonic()
-        rgb = V.decode_image(request.image)
+        info = await self.cpu.run(image_info, request.image, False)  # off the event loop, bounded
         if self.embedder is None:
             raise V.ApiError(grpc.StatusCode.UNAVAILABLE, "Detect needs Triton (not configured)")
-        h, w = rgb.shape[:2]
+        w, h = info.width, info.height
         t1 = time.monotonic()
         self.metrics.stage_seconds.labels("decode").observe(t1 - t0)
         objs = await self.embedder.detect(request.image, w, h, self._deadline(context) - time.monotonic())
@@ -141,7 +150,7 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         deadline = self._deadline(context)
         rq = await resolve(
             request, self.embedder, self.fanout, self.model_version, deadline,
-            self.cfg.single_call_default_box,
+            self.cfg.single_call_default_box, self.cpu,
         )
         rq.stage_s["decode"] = rq.stage_s.get("decode", 0.0) + checks_s
         for stage, seconds in rq.stage_s.items():

@@ -9,6 +9,7 @@ import numpy as np
 from grpc import StatusCode
 
 from visual_search import contract, ids, preprocess
+from visual_search.shard import filters as shard_filters
 from visual_search.shard import validation as shard_validation
 from visual_search.v1 import search_pb2, shard_pb2
 
@@ -34,7 +35,11 @@ def check_k(k: int) -> None:
 
 
 def check_filter(flt: shard_pb2.Filter) -> None:
-    """Field names and operator kinds (values are checked again by the shards)."""
+    """Size, field names and operator kinds (values are checked again by the shards)."""
+    try:
+        shard_filters.check_filter_size(flt)  # before it is fanned out to every shard
+    except shard_validation.ValidationError as e:
+        raise invalid(str(e)) from None
     for i, c in enumerate(flt.clauses):
         f = c.field
         if not (f in KNOWN_FIELDS or (f.startswith("attr.") and len(f) > 5)):

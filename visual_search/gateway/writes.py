@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from visual_search.errors import public_message
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
 from visual_search.v1 import search_pb2
 
@@ -53,9 +54,10 @@ async def write_by_owner(
             # A replica still catching up may not hold an item yet: unknown only if unknown to all.
             out.not_found = set.intersection(*(set(r.not_found) for r in wrote.responses))
         except ShardCallError as e:
-            out.code, out.error, out.exc = e.code.name, str(e), e
+            out.code, out.error, out.exc = e.code.name, public_message(str(e)), e
         except ShardUnavailable as e:
-            out.code, out.error, out.exc = "UNAVAILABLE", f"{e} (some replicas may have applied it)", e
+            msg = public_message(f"{e} (some replicas may have applied it)")
+            out.code, out.error, out.exc = "UNAVAILABLE", msg, e
         except TimeoutError as e:
             out.code, out.error, out.exc = "DEADLINE_EXCEEDED", f"shard {shard_id}: deadline exceeded", e
         if out.exc is not None:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,8 +30,10 @@ from google.protobuf.internal.decoder import _DecodeVarint32
 from google.protobuf.internal.encoder import _VarintBytes
 
 from visual_search.shard import snapshot as snap
+from visual_search.shard.config import EngineConfig
 from visual_search.shard.filters import CompiledFilter
-from visual_search.shard.index import AnnIndex, IndexConfig
+from visual_search.shard.index import AnnIndex
+from visual_search.shard.rescore import Rescorer, best_entries_per_item
 from visual_search.shard.rwlock import RWLock
 from visual_search.shard.store import ItemRecord, Store, bulk_load, hamming64
 from visual_search.shard.validation import apply_patch, check_patches, decode_upsert
@@ -79,21 +81,6 @@ class MetadataOutcome(NamedTuple):
 
 Decoded = list[tuple[shard_pb2.Item, np.ndarray]]
 DELETE_MARKERS_FILE = "deleted.pb"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    index: IndexConfig = field(default_factory=IndexConfig)
-    default_rescore_k: int = 1000
-    exact_subset_max: int = 20_000  # filtered subsets this small are searched exactly
-    max_overfetch: int = 20_000  # cap on ANN candidates fetched for a filtered query
-    snapshot_interval_s: float = 300.0
-    snapshot_wal_bytes: int = 256 * 1024 * 1024
-    policy_interval_s: float = 2.0
-    tombstone_ratio: float = 0.25  # rebuild when this share of the index is dead
-    growth_factor: float = 2.0  # rebuild (re-choose nlist) after this growth since training
-    wal_segment_bytes: int = 64 * 1024 * 1024
-    fsync: bool = True
 
 
 @dataclass
@@ -180,11 +167,17 @@ class ShardEngine:
         # Peer replica uid -> that peer's WAL sequence this replica has pulled up to.
         self.peer_seq: dict[str, int] = {}
         self.index = AnnIndex.flat(dim)
+        self.rescorer = Rescorer(dim)
         self.applied_seq = 0
         self.snapshot_seq = 0
         self.snapshot_time = time.time()
         self.index_built_at = time.time()
         self.trained_at_entries = 0
+        # Unix time this replica last applied a write (live write, peer pull or repair): the
+        # freshness alert compares it with the newest write the gateway acknowledged for the shard.
+        # Recovery restores it from the snapshot manifest and the WAL's mtime, not "now".
+        self.last_write_unix = 0.0
+        self._replaying = False
         self._load_snapshot()
         self.wal = WriteAheadLog(self.dir / "wal", self.cfg.wal_segment_bytes, self.cfg.fsync)
         self._replay()
@@ -254,6 +247,7 @@ class ShardEngine:
         self.snapshot_time = float(manifest["created_unix"])
         self.index_built_at = float(manifest.get("index_built_unix", time.time()))
         self.trained_at_entries = int(manifest.get("trained_at_entries", 0))
+        self.last_write_unix = float(manifest.get("last_write_unix", 0.0))
         log.info(
             "snapshot loaded",
             extra={
@@ -270,7 +264,21 @@ class ShardEngine:
             s = slots[a : a + 65536]
             index.add(self.store.slot_entry[s], self.store.gather(s))
 
+    def _touch(self) -> None:
+        if not self._replaying:
+            self.last_write_unix = time.time()
+
     def _replay(self) -> None:
+        self._replaying = True
+        try:
+            n = self._replay_records()
+        finally:
+            self._replaying = False
+        segs = list((self.dir / "wal").glob("wal-*.log"))
+        if n and segs:  # the newest replayed write is no newer than the WAL's last append
+            self.last_write_unix = max(self.last_write_unix, max(p.stat().st_mtime for p in segs))
+
+    def _replay_records(self) -> int:
         n = 0
         for seq, op, payload in self.wal.replay(self.applied_seq):
             if op == OP_UPSERT:
@@ -281,12 +289,14 @@ class ShardEngine:
                 self._apply_delete(list(dreq.item_ids), dreq.version, seq)
             elif op == OP_METADATA:
                 req_md = shard_pb2.UpdateMetadataRequest.FromString(payload)
-                self._apply_metadata(self._plan_metadata(req_md.patches, req_md.version)[0], req_md.version, seq)
+                plan_md = self._plan_metadata(req_md.patches, req_md.version)[0]
+                self._apply_metadata(plan_md, req_md.version, seq)
             elif op == OP_SYNC:
                 self._apply_sync(shard_pb2.SyncRecord.FromString(payload), seq)
             n += 1
         if n:
             log.info("wal replayed", extra={"records": n, "wal_sequence": self.applied_seq})
+        return n
 
     # ---- writes -----------------------------------------------------------------------------
     def _put(self, item: shard_pb2.Item, vecs: np.ndarray) -> int:
@@ -317,6 +327,7 @@ class ShardEngine:
                 if item.version == 0 or self.versions.newer(item.item_id, item.version):
                     entries += self._put(item, vecs)
             self.applied_seq = seq
+            self._touch()
         return entries
 
     def _apply_delete(self, item_ids: list[str], version: int, seq: int) -> tuple[list[str], list[str]]:
@@ -329,6 +340,7 @@ class ShardEngine:
                 elif not self._remove(item_id, version):
                     not_found.append(item_id)
             self.applied_seq = seq
+            self._touch()
         return not_found, superseded
 
     def _stamp(self, item: shard_pb2.Item) -> shard_pb2.Item:
@@ -398,6 +410,7 @@ class ShardEngine:
             if rec.seq:
                 self.peer_seq[rec.replica_uid] = max(self.peer_seq.get(rec.replica_uid, 0), rec.seq)
             self.applied_seq = seq
+            self._touch()
 
     def apply_pulled(self, rec: shard_pb2.SyncRecord) -> int:
         """Apply what a peer sent (SyncRecord from its Sync stream): only writes newer than what is
@@ -488,7 +501,8 @@ class ShardEngine:
                         if stored is not None:
                             st = self._stored(stored, include_vectors=True)
                             rec.items.add(
-                                item_id=p.item_id, metadata=st.metadata, entries=st.entries, version=st.version
+                                item_id=p.item_id, metadata=st.metadata, entries=st.entries,
+                                version=st.version,
                             )
             elif op == OP_SYNC:  # forwarded: what this replica pulled from a third one
                 got = shard_pb2.SyncRecord.FromString(payload)
@@ -523,6 +537,7 @@ class ShardEngine:
                 if version:
                     self.versions.set_live(item_id, version)
             self.applied_seq = seq
+            self._touch()
 
     def update_metadata(self, patches: Any, version: int = 0) -> MetadataOutcome:
         """Metadata-only patch of many items (vectors untouched) at `version` (0 = this replica's
@@ -679,34 +694,49 @@ class ShardEngine:
             )
         t0 = time.perf_counter()
         _, cand = self.index.search(queries, fetch, nprobe)
-        t.ann_s += time.perf_counter() - t0
-        out = []
-        n_items_match: int | None = None
+        t1 = time.perf_counter()
+        t.ann_s += t1 - t0
+        # Whole batch at once. Sorted ids per row make the searchsorted lookup cache-friendly (~2x)
+        # and put an entry nominated twice (re-inserted: old + new code in the index) side by side.
+        cand = np.sort(cand, axis=1)
+        slots = store.slots_for_entries(cand.ravel()).reshape(cand.shape)
+        ok = slots >= 0  # deleted / replaced entries (tombstones) and FAISS's -1 padding drop out
+        ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
+        if mask is not None:
+            ok &= mask[slots]
+        counts = ok.sum(axis=1)
+        flat = slots[ok]
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        t2 = time.perf_counter()
+        t.filter_s += t2 - t1
+        rescore_before = t.rescore_s  # _exact below adds its own share
+        take = 4 * k  # best entries scored per query; more only if they hold fewer than k items
+        top_slots = np.full((len(queries), take), -1, dtype=np.int64)
+        top_scores = np.full((len(queries), take), -np.inf, dtype=np.float32)
         for qi in range(len(queries)):
             if deadline is not None and deadline():
                 raise DeadlineExceeded(f"deadline exceeded after {qi} of {len(queries)} queries")
-            t0 = time.perf_counter()
-            ids = cand[qi]
-            # Sorted ids make the searchsorted lookup cache-friendly (~2x); order is not needed.
-            slots = store.slots_for_entries(np.sort(ids[ids >= 0]))
-            slots = slots[slots >= 0]  # deleted / replaced entries (tombstones) drop out here
-            if mask is not None:
-                slots = slots[mask[slots]]
-            slots = np.unique(slots)  # a re-inserted entry can be nominated twice
-            t1 = time.perf_counter()
-            t.filter_s += t1 - t0
-            scores = store.gather(slots) @ queries[qi]
-            best = top_items(slots, scores, store.slot_item, k)
-            t.rescore_s += time.perf_counter() - t1
-            if len(best[0]) < k:
+            rows = flat[starts[qi] : starts[qi + 1]]
+            if len(rows):
+                pos, sc = self.rescorer.top(store.vectors, queries[qi], rows, take)
+                top_slots[qi, : len(pos)] = rows[pos]
+                top_scores[qi, : len(pos)] = sc
+        out, found = best_entries_per_item(top_slots, top_scores, store.slot_item, k)
+        n_items_match: int | None = None
+        for qi in np.flatnonzero(found < k).tolist():
+            rows = flat[starts[qi] : starts[qi + 1]]
+            if len(rows) > take:  # many entries of few items: score them all
+                pos, sc = self.rescorer.top(store.vectors, queries[qi], rows, len(rows))
+                out[qi] = best_entries_per_item(rows[pos][None, :], sc[None, :], store.slot_item, k)[0][0]
+            if len(out[qi][0]) < k:
                 # Never silently short: if enough matching items exist, search them exactly.
                 if n_items_match is None:
                     live = mask if mask is not None else store.slot_entry[: store.n_slots] >= 0
                     n_items_match = len(np.unique(store.slot_item[: store.n_slots][live]))
-                if n_items_match > len(best[0]):
+                if n_items_match > len(out[qi][0]):
                     subset = np.flatnonzero(mask) if mask is not None else store.live_slots()
-                    best = self._exact(queries[qi : qi + 1], subset, k, t)[0]
-            out.append(best)
+                    out[qi] = self._exact(queries[qi : qi + 1], subset, k, t)[0]
+        t.rescore_s = rescore_before + time.perf_counter() - t2
         return out
 
     def _exact(
@@ -890,6 +920,7 @@ class ShardEngine:
                     "index": index_desc,
                     "index_built_unix": built,
                     "trained_at_entries": trained_at,
+                    "last_write_unix": self.last_write_unix,
                     "model_version": self.model_version,
                     "dim": self.dim,
                     "shard_id": self.shard_id,

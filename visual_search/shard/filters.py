@@ -15,6 +15,7 @@ from functools import partial
 
 import numpy as np
 
+from visual_search import contract
 from visual_search.shard.store import Store, Vocab
 from visual_search.shard.validation import ValidationError
 from visual_search.v1 import shard_pb2
@@ -82,10 +83,20 @@ def _string_values(clause: shard_pb2.FilterClause, field: str) -> list[str]:
     raise ValidationError(f"filter on string field {field!r} supports equals / in_set, not {op}")
 
 
+def check_filter_size(flt: shard_pb2.Filter) -> None:
+    """The whole filter (names and values, serialized) within contract.MAX_FILTER_BYTES."""
+    size = flt.ByteSize()
+    if size > contract.MAX_FILTER_BYTES:
+        raise ValidationError(
+            f"filter is {size} bytes (field names and values); the limit is {contract.MAX_FILTER_BYTES}"
+        )
+
+
 def compile_filter(flt: shard_pb2.Filter) -> CompiledFilter | None:
     """None when there are no clauses (match everything)."""
     if not flt.clauses:
         return None
+    check_filter_size(flt)
     if len(flt.clauses) > MAX_CLAUSES:
         raise ValidationError(f"filter has {len(flt.clauses)} clauses, at most {MAX_CLAUSES}")
     compiled: list[Callable[[Store, int], np.ndarray]] = []

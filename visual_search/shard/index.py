@@ -7,30 +7,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 
+from visual_search.shard.config import IndexConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    pq_m: int = 32
-    pq_bits: int = 8  # 8 = classic PQ (R11); 4 = fast-scan ("PQ32x4fs")
-    train_threshold: int = 20_000  # entries below which the shard stays exact (flat)
-    nlist: int = 0  # 0 = choose from the data size
-    default_nprobe: int = 32
-    max_train_points: int = 256 * 1024
-    use_gpu: bool = True
-
-    @property
-    def min_train_entries(self) -> int:
-        """Entries needed before IVF-PQ trains: the configured threshold, but never fewer than the
-        2**pq_bits points each PQ codebook's k-means needs (FAISS refuses to train below that)."""
-        return max(self.train_threshold, 2**self.pq_bits)
 
 
 def choose_nlist(n: int) -> int:

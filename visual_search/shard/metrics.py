@@ -97,6 +97,11 @@ class ShardMetrics:
                 lambda: int(engine.index.trained),
             ),
             "vsearch_shard_rebuilding": ("1 while a background rebuild runs", lambda: int(engine.rebuilding)),
+            "vsearch_shard_last_applied_write_timestamp_seconds": (
+                "Unix time this replica last applied a write (freshness: compare with the gateway's "
+                "vsearch_gateway_last_write_ack_timestamp_seconds)",
+                lambda: engine.last_write_unix,
+            ),
         }
         self._gauges(gauges)
 

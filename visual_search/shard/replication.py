@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from visual_search.shard.engine import ShardEngine
+from visual_search.tokens import bearer_metadata
 from visual_search.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ _SYNC_TIMEOUT_S = 3600.0
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying the shard-to-shard token (VSEARCH_SHARD_TOKEN), if one is set."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
+    """Call metadata carrying the shard-to-shard token (shard/auth.py), if one is set."""
+    return bearer_metadata(token)
 
 
 class PeerClient:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from concurrent import futures
@@ -25,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from visual_search import logs
+from visual_search.shard import auth, version
 from visual_search.shard.engine import EngineConfig, ShardEngine, StampMismatch
 from visual_search.shard.index import IndexConfig
 from visual_search.shard.metrics import ShardMetrics
@@ -76,18 +76,52 @@ def limit_numpy_blas(threads: int) -> list[dict[str, object]]:
     return changed
 
 
+def resolve_token(a: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(token, None) to serve; (None, None) for an allowed insecure run; (None, why) to refuse."""
+    try:
+        token = auth.load_token(getattr(a, "token_file", None))
+    except auth.TokenError as exc:
+        return None, str(exc)
+    if token:
+        return token, None
+    if not getattr(a, "insecure_no_auth", False):
+        return None, (
+            "no shard token: set VSEARCH_SHARD_TOKEN / VSEARCH_SHARD_TOKEN_FILE or --token-file "
+            "(or --insecure-no-auth on a loopback --host, for local experiments only)"
+        )
+    if not auth.is_loopback(a.host):
+        return None, f"--insecure-no-auth is only allowed on a loopback --host, not {a.host!r}"
+    return None, None
+
+
 def serve(a: argparse.Namespace) -> int:
     logs.setup(f"shard-{a.shard_id}", a.log_level)
+    token, refusal = resolve_token(a)
+    if refusal:
+        log.error("refusing to start", extra={"error": refusal})
+        return 2
+    if token is None:
+        log.warning(
+            "INSECURE: shard running without authentication (--insecure-no-auth); any local "
+            "process can write, delete and read this shard",
+            extra={"host": a.host, "port": a.port},
+        )
     if a.faiss_threads:
         faiss.omp_set_num_threads(a.faiss_threads)
     if a.blas_threads:
         blas = limit_numpy_blas(a.blas_threads)
         log.info("numpy BLAS threads limited", extra={"libraries": blas, "numpy": np.__version__})
     try:
+        model_version = version.resolve(a.model_version, a.data_dir, a.triton, a.triton_wait)
+    except version.NoModelVersion as exc:
+        log.error("refusing to start", extra={"error": str(exc)})
+        return 2
+    a.model_version = model_version
+    try:
         engine = ShardEngine(
             a.data_dir,
             shard_id=a.shard_id,
-            model_version=a.model_version,
+            model_version=model_version,
             dim=a.dim,
             config=config_from_args(a),
         )
@@ -96,9 +130,10 @@ def serve(a: argparse.Namespace) -> int:
         return 2
     metrics = ShardMetrics(engine)
     if a.metrics_port:
-        start_http_server(a.metrics_port, registry=metrics.registry)
+        start_http_server(a.metrics_port, addr=a.host, registry=metrics.registry)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=a.workers),
+        interceptors=[auth.ShardAuthInterceptor(token)] if token else [],
         options=[
             ("grpc.max_receive_message_length", 64 * _MB),
             ("grpc.max_send_message_length", 64 * _MB),
@@ -116,7 +151,7 @@ def serve(a: argparse.Namespace) -> int:
     replicator = Replicator(
         engine,
         peers,
-        token=os.environ.get("VSEARCH_SHARD_TOKEN") or None,
+        token=token,
         interval_s=a.repair_interval,
         rate_items_s=a.repair_rate,
         peer_wait_s=a.peer_wait,

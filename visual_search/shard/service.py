@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from visual_search import contract
+from visual_search.errors import describe, public_message
 from visual_search.shard.engine import DeadlineExceeded, ShardEngine, SyncGap
 from visual_search.shard.filters import compile_filter
 from visual_search.shard.metrics import ShardMetrics
@@ -53,12 +54,12 @@ def _rpc(method: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
                 code, msg = grpc.StatusCode.UNAVAILABLE, str(exc)
             except Exception as exc:  # noqa: BLE001 - never crash the server on one request
                 log.exception("internal error", extra={"method": method})
-                code, msg = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+                code, msg = grpc.StatusCode.INTERNAL, f"internal error: {describe(exc)}"
             finally:
                 m = self.metrics
                 m.rpc.labels(m.shard, method).observe(time.perf_counter() - t0)
                 m.requests.labels(m.shard, method, code.name).inc()
-            context.abort(code, msg)
+            context.abort(code, public_message(msg))
             raise AssertionError("unreachable")  # context.abort raises
 
         return wrapper
@@ -271,11 +272,11 @@ class ShardServicer(shard_pb2_grpc.SearchShardServicer):
             )
         except SyncGap as exc:
             code = grpc.StatusCode.ABORTED
-            context.abort(code, str(exc))
+            context.abort(code, public_message(str(exc)))
         except Exception as exc:  # noqa: BLE001 - never crash the server on one request
             log.exception("internal error", extra={"method": "Sync"})
             code = grpc.StatusCode.INTERNAL
-            context.abort(code, f"internal error: {exc}")
+            context.abort(code, f"internal error: {describe(exc)}")
         finally:
             m.rpc.labels(m.shard, "Sync").observe(time.perf_counter() - t0)
             m.requests.labels(m.shard, "Sync", code.name).inc()

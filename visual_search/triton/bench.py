@@ -112,8 +112,8 @@ def _hardware() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
 
-    from ensemble.generate import BATCHING, Options
     from visual_search import contract as C
+    from visual_search.triton.repository import BATCHING, Options
     from visual_search.triton.server import TritonServer
 
     art = REPO_ROOT / C.ARTIFACTS_DIR

@@ -1,4 +1,8 @@
-"""`vsearch triton ...`: generate a model repository, or run tritonserver on one until Ctrl-C."""
+"""`vsearch triton ...`: generate a model repository, or run tritonserver on one until Ctrl-C.
+
+Argument parsing only: the generator (repository.py) and the launcher (server.py) are imported
+when a command runs, so `vsearch --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,42 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visual_search.triton.server import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from ensemble.generate import Options
+    from visual_search.triton.repository import Options
 
     return Options(
         flavour=args.flavour,
         precision=args.precision,
         batching=not args.no_batching,
+        gpu_backend=getattr(args, "gpu_backend", "onnxruntime"),
         detector_path=args.detector,
         encoder_path=args.encoder,
+        copy_weights=getattr(args, "copy_weights", False),
     )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
-    p.add_argument("--no-batching", action="store_true", help="no dynamic batching (baseline)")
+    p.add_argument("--no-batching", action="store_true", help="no dynamic batching (benchmark baseline)")
     p.add_argument("--detector", type=Path, help="detector ONNX (default artifacts/models/detector_<p>.onnx)")
     p.add_argument("--encoder", type=Path, help="encoder ONNX (default artifacts/models/encoder_<p>.onnx)")
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    """The generator's flags (`vsearch triton generate`, and the `python -m ensemble.generate` shim)."""
+    _add_model_args(p)
+    p.add_argument("--flavour", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gpu-backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--copy-weights", action="store_true", help="copy weights instead of symlinking")
+    p.add_argument("--configs-only", action="store_true", help="write config.pbtxt files only")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,15 +77,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from ensemble.generate import main
+def generate(args: argparse.Namespace) -> int:
+    """Write the repository the parsed generate flags describe."""
+    from visual_search.triton.repository import write_repository
 
-    argv = ["--flavour", args.flavour, "--precision", args.precision, "--out", str(args.out)]
-    argv += ["--no-batching"] if args.no_batching else []
-    argv += ["--configs-only"] if args.configs_only else []
-    argv += ["--detector", str(args.detector)] if args.detector else []
-    argv += ["--encoder", str(args.encoder)] if args.encoder else []
-    return main(argv)
+    configs = write_repository(_options(args), args.out, configs_only=args.configs_only)
+    print(f"wrote {len(configs)} models to {args.out}", file=sys.stderr)
+    return 0
+
+
+def generate_main(argv: Sequence[str] | None = None, prog: str = "vsearch triton generate") -> int:
+    """The generator as a stand-alone command (the `python -m ensemble.generate` shim calls this)."""
+    p = argparse.ArgumentParser(prog=prog, description="write a Triton model repository (CPU or GPU flavour)")
+    add_generate_args(p)
+    return generate(p.parse_args(argv))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,9 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.set_defaults(func=_serve)
-    g = sub.add_parser("generate", help="write a model repository (python -m ensemble.generate)")
-    _add_model_args(g)
-    g.add_argument("--flavour", choices=["cpu", "gpu"], default="cpu")
-    g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--configs-only", action="store_true")
-    g.set_defaults(func=_generate)
+    g = sub.add_parser(
+        "generate", help="write a model repository (configs, python models, weights) from the contract"
+    )
+    add_generate_args(g)
+    g.set_defaults(func=generate)

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from visual_search.errors import public_message
 from visual_search.triton import names as N
 
 
@@ -104,7 +105,7 @@ def _request(model: str, image: bytes, box: Sequence[float] | None, timeout_s: f
 
 
 def _error(model: str, e: InferenceServerException) -> InferenceError:
-    return InferenceError(model, e.message() or str(e), e.status())
+    return InferenceError(model, public_message(e.message() or str(e)), e.status())
 
 
 class TritonClient:

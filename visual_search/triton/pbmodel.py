@@ -1,4 +1,4 @@
-"""Helpers shared by the python-backend models in ensemble/models (run inside the Triton stub).
+"""Helpers shared by the python-backend models in triton/models/ (run inside the Triton stub).
 
 `pb_utils` is passed in rather than imported: the module `triton_python_backend_utils` only
 exists inside the stub, and keeping it out of imports lets tests and mypy load this file.
@@ -46,9 +46,10 @@ def respond_each(
 
 def error_response(pb_utils: Any, e: BaseException) -> Any:
     """A per-request error; ImageError messages are meant for the caller and pass through as-is."""
+    from visual_search.errors import describe, public_message
     from visual_search.preprocess import ImageError
 
-    msg = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+    msg = public_message(str(e)) if isinstance(e, ImageError) else describe(e)
     code = pb_utils.TritonError.INVALID_ARG if isinstance(e, ImageError | ValueError) else None
     if code is None:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(msg))

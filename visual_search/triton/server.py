@@ -2,38 +2,34 @@
 
 The python-backend stub embeds libpython 3.11; it finds the serving venv (numpy<2,
 onnxruntime, pillow) because the venv's bin/ is first on PATH, the repository root is on
-PYTHONPATH (for visual_search and ensemble) and libpython's LIBDIR is on LD_LIBRARY_PATH.
+PYTHONPATH (the copied model.py files import visual_search) and libpython's LIBDIR is on
+LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ensemble.generate import Options, write_repository
+from visual_search.supervise import ManagedProcess, end_group, free_port, http_ok, stop_groups, wait_until
+from visual_search.triton.repository import Options, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".cache" / "tritonserver"
+SHM_DIR = Path("/dev/shm")
+# The python backend's default shared-memory region prefix (its `shm-region-prefix-name`); a
+# server started with shm_prefix uses its own, so its regions can be told apart and removed.
+DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 class TritonError(RuntimeError):
     """tritonserver could not be started or did not become ready."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def triton_env(triton_home: Path, python_bin: Path | None = None) -> dict[str, str]:
@@ -51,8 +47,11 @@ def triton_env(triton_home: Path, python_bin: Path | None = None) -> dict[str, s
 
 
 @dataclass
-class TritonServer:
-    """A tritonserver process serving a generated repository; use as a context manager."""
+class TritonServer(ManagedProcess):
+    """A tritonserver process serving a generated repository; use as a context manager.
+
+    Started in its own process group (supervise.ManagedProcess): its python-backend stubs are in
+    that group, so stop() and kill_leftovers() end them too and then remove its shm regions."""
 
     options: Options = field(default_factory=Options)
     run_dir: Path = REPO_ROOT / "run" / "triton"
@@ -61,7 +60,19 @@ class TritonServer:
     http_port: int = 0
     metrics_port: int = 0
     log_verbose: int = 0
+    # gRPC, HTTP and metrics listen here: loopback, as Triton has no authentication of its own
+    # (its default is 0.0.0.0). In Kubernetes the chart runs the official image with its own flags.
+    host: str = "127.0.0.1"
+    # Own python-backend shm prefix ("" = Triton's default); regions are then removed on stop.
+    shm_prefix: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    # ManagedProcess settings: SIGTERM the whole group (Triton drains, stubs end with it); each
+    # start truncates the log; files and shm regions (query photos) only for this user.
+    term_group = True
+    log_append = False
+    umask = 0o077
+    startup_timeout: float = 180.0
+    stop_timeout = 30.0
 
     @property
     def grpc_url(self) -> str:
@@ -71,26 +82,37 @@ class TritonServer:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "tritonserver.log"
+    def __post_init__(self) -> None:
+        self.log_path = self.run_dir / "tritonserver.log"
 
-    def start(self, timeout_s: float = 180.0) -> TritonServer:
-        """Generate the repository, start the server, wait until every model is ready."""
+    def start(self, wait: bool = True) -> TritonServer:
+        """Generate the repository, start the server, wait until every model is ready
+        (`startup_timeout`)."""
         binary = self.triton_home / "bin" / "tritonserver"
         if not binary.exists():
             raise TritonError(f"{binary} not found; run scripts/install_triton.sh")
         self.grpc_port = self.grpc_port or free_port()
         self.http_port = self.http_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
-        repo = self.run_dir / "model_repository"
-        write_repository(self.options, repo)
+        write_repository(self.options, self.repository)
+        super().start(wait)
+        self.protect_shm()
+        return self
+
+    @property
+    def repository(self) -> Path:
+        return self.run_dir / "model_repository"
+
+    def command(self) -> list[str]:
         cmd = [
-            str(binary),
-            f"--model-repository={repo}",
+            str(self.triton_home / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
             f"--backend-directory={self.triton_home / 'backends'}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
@@ -98,59 +120,56 @@ class TritonServer:
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
         ]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            cmd,
-            env=triton_env(self.triton_home),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self._wait_ready(timeout_s)
-        return self
+        if self.shm_prefix:
+            cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
+        return cmd
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise TritonError(f"tritonserver exited ({self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TritonError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+    def env(self) -> dict[str, str]:
+        return triton_env(self.triton_home)
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def wait_ready(self, timeout: float) -> None:
+        """Until every model is ready; regions are protected as they appear (while models load)."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+            wait_until(
+                lambda: http_ok(f"{self.http_url}/v2/health/ready"), timeout, self.proc,
+                what="tritonserver", poll_s=0.2, tick=self.protect_shm,
+            )
+        except (RuntimeError, TimeoutError) as e:
+            raise TritonError(f"{e}:\n{self.log_tail()}") from e
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL the process group."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+    def shm_regions(self) -> list[Path]:
+        """This server's python-backend shared-memory regions (needs shm_prefix)."""
+        if not self.shm_prefix:
+            return []
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
 
-    def __enter__(self) -> TritonServer:
-        return self.start() if self.proc is None else self
+    def protect_shm(self) -> None:
+        """Owner-only modes on the regions: the python backend creates them 0644 whatever the umask
+        (measured), and query photos pass through them."""
+        for p in self.shm_regions():
+            with contextlib.suppress(OSError):
+                p.chmod(0o600)
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def kill_leftovers(self) -> int:
+        """SIGKILL whatever is left of the process group and remove its shm regions; returns the
+        number of regions removed. For after a crash (stubs outlive a SIGKILLed tritonserver)."""
+        if self.proc is not None:
+            end_group(self.proc)
+        removed = 0
+        for p in self.shm_regions():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+        return removed
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM the group (Triton drains in-flight requests), then SIGKILL what is left; remove
+        its shm regions."""
+        if self.proc is None:
+            return None
+        rc = stop_groups([self.proc], self.stop_timeout if timeout is None else timeout, term_group=True)[0]
+        self.kill_leftovers()
+        return rc
 
 
 @contextlib.contextmanager

@@ -102,6 +102,15 @@ Kept short: pod names append "-<replica>" and the controller-revision-hash label
 {{- toJson $shards }}
 {{- end }}
 
+{{/* The shard map as a `--shards` string: replicas joined by ",", shards by ";". */}}
+{{- define "vs.shardSpec" -}}
+{{- $groups := list -}}
+{{- range (include "vs.shardMap" . | fromJsonArray) }}
+{{- $groups = append $groups (join "," .) -}}
+{{- end }}
+{{- join ";" $groups }}
+{{- end }}
+
 {{/* Triton gRPC address the gateway uses ("" = no Triton). */}}
 {{- define "vs.tritonUrl" -}}
 {{- if .Values.gateway.tritonUrl }}
@@ -131,6 +140,33 @@ Kept short: pod names append "-<replica>" and the controller-revision-hash label
 {{- end }}
 
 {{/* Name of the Secret holding the auth token. */}}
+{{- define "vs.shardAuthSecretName" -}}
+{{- default (printf "%s-shard-auth" (include "vs.fullname" . | trunc 52 | trimSuffix "-")) .Values.shardAuth.existingSecret }}
+{{- end }}
+
+{{/*
+Shard token mount (volume + mount + env): the file every SearchShard caller and server reads.
+*/}}
+{{- define "vs.shardTokenDir" -}}/etc/vsearch/shard-auth{{- end }}
+{{- define "vs.shardTokenEnv" -}}
+- name: VSEARCH_SHARD_TOKEN_FILE
+  value: {{ printf "%s/%s" (include "vs.shardTokenDir" .) .Values.shardAuth.secretKey | quote }}
+{{- end }}
+{{- define "vs.shardTokenMount" -}}
+- name: shard-auth
+  mountPath: {{ include "vs.shardTokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- define "vs.shardTokenVolume" -}}
+- name: shard-auth
+  secret:
+    secretName: {{ include "vs.shardAuthSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.shardAuth.secretKey }}
+        path: {{ .Values.shardAuth.secretKey }}
+{{- end }}
+
 {{- define "vs.authSecretName" -}}
 {{- default (printf "%s-auth" (include "vs.fullname" . | trunc 58 | trimSuffix "-")) .Values.auth.existingSecret }}
 {{- end }}

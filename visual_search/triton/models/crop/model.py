@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from visual_search.preprocess import decode_image, default_input, encoder_batch, object_input, validate_box
+from visual_search.preprocess import (
+    check_rgb,
+    decode_image,
+    default_input,
+    encoder_batch,
+    object_input,
+    validate_box,
+)
 from visual_search.triton import names as N
 from visual_search.triton.pbmodel import image_bytes, input_array, respond_each
 
@@ -42,8 +49,8 @@ class TritonPythonModel:
 
     def _one(self, request: Any) -> dict[str, np.ndarray]:
         img = input_array(pb_utils, request, N.IMAGE_RGB)
-        if img is None:
-            img = decode_image(image_bytes(pb_utils, request, N.IMAGE))
+        # a direct caller may send pixels (IMAGE_RGB): the same size / aspect limits apply
+        img = decode_image(image_bytes(pb_utils, request, N.IMAGE)) if img is None else check_rgb(img)
         boxes = input_array(pb_utils, request, N.BOXES)
         box = input_array(pb_utils, request, N.BOX)
         scores = input_array(pb_utils, request, N.SCORES_FOR_DEFAULT)

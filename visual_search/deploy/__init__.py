@@ -1,0 +1,1 @@
+"""Run the Helm chart's rendered workloads without a cluster (process-level deploy runner)."""
