@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from visual_search.deploy.runner import ChartRun, DeployError, Pod
+from visual_search.supervise import spawn
 
 IMAGE_MAP = {
     "vsearch": "vsearch",
@@ -93,14 +94,11 @@ class PodmanChartRun(ChartRun):
         if container.get("command"):
             argv += ["--entrypoint", json.dumps(container["command"])]
         argv += [self._image(container["image"]), *[str(a) for a in container.get("args", [])]]
-        log = pod.log_path(container["name"]).open("ab")
-        log.write(f"$ {' '.join(argv)}\n".encode())
-        log.flush()
+        log_path = pod.log_path(container["name"])
+        with log_path.open("ab") as log:
+            log.write(f"$ {' '.join(argv)}\n".encode())
         self.containers.append(cname)
-        try:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
+        return spawn(argv, log_path)
 
     def start(self) -> ChartRun:
         subprocess.run(["podman", "network", "create", self.network], check=True, capture_output=True)
