@@ -57,7 +57,8 @@ def test_best_entries_per_item_matches_per_row_reference(seed: int) -> None:
 
 
 def _engine(path: Path) -> ShardEngine:
-    cfg = EngineConfig(index=IndexConfig(train_threshold=1_000_000, use_gpu=False))
+    # exact_subset_max=0: filtered queries take the ANN + mask path too (not the exact subset path)
+    cfg = EngineConfig(index=IndexConfig(train_threshold=1_000_000, use_gpu=False), exact_subset_max=0)
     return ShardEngine(path, shard_id=0, model_version=MODEL, dim=DIM, config=cfg)
 
 
