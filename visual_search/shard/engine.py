@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import faiss
 import numpy as np
 from google.protobuf.internal.decoder import _DecodeVarint32
 from google.protobuf.internal.encoder import _VarintBytes
@@ -711,16 +712,12 @@ class ShardEngine:
         t.filter_s += t2 - t1
         rescore_before = t.rescore_s  # _exact below adds its own share
         take = 4 * k  # best entries scored per query; more only if they hold fewer than k items
-        top_slots = np.full((len(queries), take), -1, dtype=np.int64)
-        top_scores = np.full((len(queries), take), -np.inf, dtype=np.float32)
-        for qi in range(len(queries)):
-            if deadline is not None and deadline():
-                raise DeadlineExceeded(f"deadline exceeded after {qi} of {len(queries)} queries")
-            rows = flat[starts[qi] : starts[qi + 1]]
-            if len(rows):
-                pos, sc = self.rescorer.top(store.vectors, queries[qi], rows, take)
-                top_slots[qi, : len(pos)] = rows[pos]
-                top_scores[qi, : len(pos)] = sc
+        top = self.rescorer.top_batch(
+            store.vectors, queries, flat, starts, take, deadline, workers=faiss.omp_get_max_threads()
+        )
+        if top is None:
+            raise DeadlineExceeded(f"deadline exceeded while re-scoring {len(queries)} queries")
+        top_slots, top_scores = top
         out, found = best_entries_per_item(top_slots, top_scores, store.slot_item, k)
         n_items_match: int | None = None
         for qi in np.flatnonzero(found < k).tolist():

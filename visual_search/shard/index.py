@@ -43,6 +43,9 @@ class AnnIndex:
         self.gpu = False
         self._gpu_res = None
         self.index = index
+        # Fixed for the life of this object; looked up per search otherwise (~10 us each).
+        self._nlist = int(faiss.extract_index_ivf(index).nlist) if trained else 0
+        self._params: dict[int, Any] = {}
         if use_gpu and trained and gpu_available():  # pragma: no cover - no GPU here
             try:
                 self._gpu_res = faiss.StandardGpuResources()
@@ -90,7 +93,10 @@ class AnnIndex:
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
         if self.trained:
-            params = faiss.SearchParametersIVF(nprobe=max(1, min(nprobe, self.nlist)))  # type: ignore[call-arg]
+            nprobe = max(1, min(nprobe, self._nlist))
+            params = self._params.get(nprobe)
+            if params is None:  # read-only once built: shared by concurrent searches
+                params = self._params[nprobe] = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
             return self.index.search(queries, k, params=params)  # type: ignore[no-any-return]
         return self.index.search(queries, k)  # type: ignore[no-any-return]
 
@@ -100,7 +106,7 @@ class AnnIndex:
 
     @property
     def nlist(self) -> int:
-        return int(faiss.extract_index_ivf(self.cpu_index).nlist) if self.trained else 0
+        return self._nlist
 
     def memory_bytes(self) -> int:
         """RAM of codes + ids (+ centroids and codebooks) of the index, or the flat copy."""

@@ -14,11 +14,24 @@ then one vectorised pass over all queries (`best_entries_per_item`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
 
 _MIN_ROWS = 1024
+_PARALLEL_MIN_QUERIES = 16  # below this a second thread costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:  # grow only
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rescore")
+        return _pool
 
 
 class Rescorer:
@@ -51,8 +64,57 @@ class Rescorer:
         index, buf = self._scratch(m)
         np.take(vectors, slots, axis=0, out=buf[:m])
         index.ntotal = m
-        scores, pos = index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), min(take, m))
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        # IndexScalarQuantizer.search opens an OpenMP team even for one query; on a loaded host the
+        # idle team member's barrier costs milliseconds, so score on this thread alone.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, pos = index.search(q, min(take, m))
+        finally:
+            faiss.omp_set_num_threads(threads)
         return pos[0], scores[0]
+
+    def top_batch(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        rows: np.ndarray,
+        starts: np.ndarray,
+        take: int,
+        stop: Callable[[], bool] | None = None,
+        workers: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per query i, its candidates rows[starts[i]:starts[i+1]] scored and the best `take` kept:
+        (slots, scores) of shape (queries, take), best first, padded with -1 / -inf. Big batches are
+        split over `workers` threads (FAISS and np.take release the GIL). None if `stop()` fired."""
+        nq = len(queries)
+        top_slots = np.full((nq, take), -1, dtype=np.int64)
+        top_scores = np.full((nq, take), -np.inf, dtype=np.float32)
+
+        def run(a: int, b: int) -> bool:
+            for qi in range(a, b):
+                if stop is not None and stop():
+                    return False
+                cand = rows[starts[qi] : starts[qi + 1]]
+                if len(cand):
+                    pos, sc = self.top(vectors, queries[qi], cand, take)
+                    top_slots[qi, : len(pos)] = cand[pos]
+                    top_scores[qi, : len(pos)] = sc
+            return True
+
+        workers = max(1, min(workers, nq // (_PARALLEL_MIN_QUERIES // 2)))
+        if workers == 1:
+            ok = run(0, nq)
+        else:
+            bounds = np.linspace(0, nq, workers + 1).astype(int)
+            futures = [
+                _shared_pool(workers - 1).submit(run, int(bounds[w]), int(bounds[w + 1]))
+                for w in range(1, workers)
+            ]
+            ok = run(0, int(bounds[1]))
+            ok = all([f.result() for f in futures]) and ok
+        return (top_slots, top_scores) if ok else None
 
 
 def best_entries_per_item(
@@ -61,6 +123,13 @@ def best_entries_per_item(
     """Rows of candidates (slot, score), best first, -1 slots = padding -> per row the best entry
     of each item, at most k items, best first; and the number of items found per row. One pass
     for all rows: a stable sort by item within each row keeps every item's first (best) entry."""
+    if len(slots) == 1:  # batch 1 (the common case): fewer, cheaper numpy calls
+        row, row_scores = slots[0], scores[0]
+        row_scores = row_scores[row >= 0]
+        row = row[row >= 0]
+        _, first = np.unique(item_of[row], return_index=True)
+        first.sort()
+        return [(row[first[:k]], row_scores[first[:k]])], np.array([len(first)])
     valid = slots >= 0
     items = np.where(valid, item_of[np.maximum(slots, 0)], -1)
     order = np.argsort(items, axis=1, kind="stable")
