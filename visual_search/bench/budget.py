@@ -11,7 +11,6 @@ query did before the budget existed: wait for the deadline); shard 1 resumed (SI
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-budget-v1"
@@ -40,7 +41,7 @@ def _stats(lat: list[float], partial: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import ids
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.bench.update import _chunks, _items
     from visual_search.client import Client, DeadlineExceeded
     from visual_search.gateway.process import GatewayProcess
@@ -124,12 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["results"], indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "results")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from visual_search.bench.report import write_report
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
 BOX_IOU, DEFAULT_IOU = 0.5, 0.7
@@ -102,7 +104,7 @@ def measure_set(manifest: Path, detectors: dict[int, Path], encoder: Path, limit
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import models
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
 
     detectors = {s: args.models_dir / f"detector_{s}.onnx" for s in args.sizes}
     missing = [str(p) for p in detectors.values() if not p.exists()]
@@ -125,11 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from visual_search import contract
+from visual_search.bench.report import hardware, write_report
 from visual_search.triton import names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -216,30 +215,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def hardware() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "",
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "gpu": None,
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # the 2 cores may be shared
-    }
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

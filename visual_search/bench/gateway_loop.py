@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import tempfile
 import threading
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-loop-v1"
@@ -147,7 +148,7 @@ def _measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import ids
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.bench.update import _chunks, _items
     from visual_search.shard.process import ShardProcess
     from visual_search.v1 import shard_pb2
@@ -225,12 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["summary"], indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "summary")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OLD_ARGS = ["--index-concurrency", "4", "--index-upsert-batch", "1"]
@@ -49,7 +50,7 @@ async def _triton_only(url: str, photos: list[bytes], concurrency: int) -> float
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.client import IndexItem
     from visual_search.client_cli import iter_source
     from visual_search.gateway.process import GatewayProcess
@@ -117,12 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["results"], indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "results")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from visual_search import contract as C
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUS = REPO_ROOT / "tests" / "data" / "bus.jpg"
@@ -256,7 +256,7 @@ class _Status(Exception):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.launcher import Stack, StackOptions
 
     load_start = round(os.getloadavg()[0], 2)
@@ -361,12 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["summary_peak_rss_mb"], indent=1))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "summary_peak_rss_mb", indent=1)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,6 @@ regions (bytes) are still there after `--observe` seconds (then removed by hand)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUS = REPO_ROOT / "tests" / "data" / "bus.jpg"
@@ -114,7 +115,7 @@ def _one_kill(stack: Any, c: Any, vec: np.ndarray, timeout: float) -> dict[str, 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import contract as C
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.client import Client, IndexItem
     from visual_search.launcher import Stack, StackOptions
 
@@ -180,12 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["summary"], indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "summary")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

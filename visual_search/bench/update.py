@@ -14,7 +14,6 @@ A real shard process (WAL fsync on, gRPC on loopback) holds N synthetic items wi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visual_search.bench.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-update-v1"
@@ -76,7 +77,7 @@ def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from visual_search import ids
-    from visual_search.bench.e2e import hardware
+    from visual_search.bench.report import hardware
     from visual_search.client import Client
     from visual_search.gateway.process import GatewayProcess
     from visual_search.shard.process import ShardProcess
@@ -182,12 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["results"], indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(run(args), args.out, "results")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

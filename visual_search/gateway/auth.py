@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from visual_search.shard.auth import handler_like
 from visual_search.tokens import bearer_error
 
 log = logging.getLogger("visual_search.gateway.auth")
@@ -27,17 +28,7 @@ def _deny_handler(
             )
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+    return handler_like(handler, deny)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

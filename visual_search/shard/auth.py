@@ -69,21 +69,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def deny(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"shard: {message}")
-
+def handler_like(handler: grpc.RpcMethodHandler, behaviour: Any) -> grpc.RpcMethodHandler:
+    """A method handler of the same streaming kind and (de)serializers as `handler` that runs
+    `behaviour(request, context)` instead (server interceptors refusing a call: shard and gateway)."""
     kw = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)
+        return grpc.stream_stream_rpc_method_handler(behaviour, **kw)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+        return grpc.stream_unary_rpc_method_handler(behaviour, **kw)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+        return grpc.unary_stream_rpc_method_handler(behaviour, **kw)
+    return grpc.unary_unary_rpc_method_handler(behaviour, **kw)
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def deny(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"shard: {message}")
+
+    return handler_like(handler, deny)
 
 
 class ShardAuthInterceptor(grpc.ServerInterceptor):
