@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from visual_search.bench.report import write_report
+from visual_search.gateway.config import GatewayConfig as D
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OLD_ARGS = ["--index-concurrency", "4", "--index-upsert-batch", "1"]
@@ -101,7 +102,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "catalog": {"manifest": str(args.manifest), "split": "catalog", "items": len(rows)},
         "modes": {
             "before": "gateway " + " ".join(OLD_ARGS) + " (one item per shard Upsert, 4 in flight)",
-            "after": "gateway defaults: 16 in flight, 4 on Triton, group-committed Upserts (<= 64 items)",
+            "after": (
+                f"gateway defaults: {D.index_concurrency} in flight, {D.index_triton_concurrency} on Triton, "
+                f"group-committed Upserts (<= {D.index_upsert_batch} items)"
+            ),
         },
         "hardware": hardware(),
         "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},

@@ -108,7 +108,9 @@ class GatewayConfig:
     max_message_bytes: int = 32 * 1024 * 1024
     # Bulk ingest (IndexItems): items in flight per stream, of which at most this many on Triton,
     # and items per shard Upsert (group commit; 1 = one item per shard call, the pre-batching path).
-    index_concurrency: int = 16
+    # 6 in flight: Triton (4) plus decode/pHash of the next ones; 16 was slower on 2 cores (the extra
+    # decodes compete with Triton for the CPU; benchmarks/ingest.json).
+    index_concurrency: int = 6
     index_triton_concurrency: int = 4
     index_upsert_batch: int = 64
     index_item_timeout_s: float = 120.0
