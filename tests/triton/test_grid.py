@@ -14,7 +14,7 @@ from tests.triton.conftest import model_paths
 from visual_search.bench import triton_grid as G
 from visual_search.cli import main as vsearch
 from visual_search.triton import names as N
-from visual_search.triton.repository import PYTHON_INSTANCES, Options, build_configs, render
+from visual_search.triton.repository import BATCHING, PYTHON_INSTANCES, Options, build_configs, render
 from visual_search.triton.server import DEFAULT_TRITON_HOME
 
 ONNX_MODELS = (N.DETECTOR, N.DETECTOR_QUERY, N.ENCODER)
@@ -28,6 +28,10 @@ def test_overrides_reach_every_onnx_model_and_nothing_else() -> None:
         assert c[name].dynamic_batching.max_queue_delay_microseconds == 10000
     for name in (N.PREPROCESS_QUERY, N.POSTPROCESS, N.CROP):
         assert [g.count for g in c[name].instance_group] == [PYTHON_INSTANCES]
+    py1 = build_configs(Options(python_instances=1))
+    for name in (N.PREPROCESS, N.PREPROCESS_QUERY, N.POSTPROCESS, N.CROP, N.SPLIT):
+        assert [g.count for g in py1[name].instance_group] == [1]
+    assert py1[N.ENCODER].instance_group[0].count == BATCHING[("cpu", N.ENCODER)].instances
     off = build_configs(Options(batching=False, max_queue_delay_us=10000))
     assert not off[N.ENCODER].HasField("dynamic_batching")
 
@@ -36,7 +40,11 @@ def test_zero_delay_is_written_and_bad_tuning_is_refused() -> None:
     c = build_configs(Options(max_queue_delay_us=0))
     assert c[N.DETECTOR_QUERY].HasField("dynamic_batching")
     assert c[N.DETECTOR_QUERY].dynamic_batching.max_queue_delay_microseconds == 0
-    for bad in (Options(ort_threads=0), Options(onnx_instances=0), Options(max_queue_delay_us=-1)):
+    bad_options = (
+        Options(ort_threads=0), Options(onnx_instances=0), Options(max_queue_delay_us=-1),
+        Options(python_instances=0),
+    )  # fmt: skip
+    for bad in bad_options:
         with pytest.raises(ValueError, match="bad tuning"):
             build_configs(bad)
 
@@ -59,6 +67,7 @@ def test_each_point_generates_what_it_reports(point: G.Point) -> None:
         assert cfg.HasField("dynamic_batching") == eff["dynamic_batching"]
         if eff["dynamic_batching"]:
             assert cfg.dynamic_batching.max_queue_delay_microseconds == eff["max_queue_delay_us"]
+    assert c[N.PREPROCESS_QUERY].instance_group[0].count == eff["python_instances"]
 
 
 def test_generate_flags(tmp_path: Path) -> None:
@@ -107,7 +116,7 @@ def test_short_real_run(tmp_path: Path) -> None:
         pytest.skip("models not exported yet")
     args = argparse.Namespace(
         points=[], models=[N.EMBED], concurrency=[2], precision="fp32", seconds=0.5, images=4,
-        base_port=0, repeat_baseline=False, out=tmp_path / "grid.json",
+        base_port=0, baseline_runs=1, out=tmp_path / "grid.json",
     )  # fmt: skip
     report = G.run(args)
     (row,) = [r for r in report["results"] if "images_per_s" in r]
@@ -116,3 +125,10 @@ def test_short_real_run(tmp_path: Path) -> None:
     (stats,) = [r for r in report["results"] if "executions_by_batch_size" in r]
     assert sum(stats["executions_by_batch_size"][N.ENCODER].values()) >= row["requests"] // 64
     assert report["summary"]["embed_c2"]["points"][G.BASELINE]["ratio"] == 1.0
+
+
+def test_schedule_spreads_the_baseline_runs() -> None:
+    labels = [label for _, label in G.make_schedule(["a", "b", "c", "d"], 3)]
+    assert labels == ["current", "a", "b", "current#2", "c", "d", "current#3"]
+    assert [p for p, _ in G.make_schedule(["a"], 1)] == ["current", "a"]
+    assert [p for p, _ in G.make_schedule([], 2)] == ["current", "current"]

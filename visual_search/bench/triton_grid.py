@@ -6,7 +6,7 @@ point a temporary CPU repository is generated (tempdir; model_repository/ is nev
 real tritonserver is started on it, and the query-path ensembles (`detect_and_embed_default`,
 `embed`) are driven by a closed-loop gRPC client at each concurrency over the same photos.
 
-The committed config ("current") is measured first and again last, in the same run: the two
+The committed config ("current") is measured first, last and in between, in the same run: its
 runs bound the drift from other work on the shared host, and their mean is the baseline for the
 ratios. Besides images/s and p50/p95/p99, each measurement records the 1-minute load average,
 the CPU seconds the server's process group used (images per server CPU-second is less sensitive
@@ -41,17 +41,19 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Point:
-    """One serving config of the ONNX models (detector_query, detector, encoder); None keeps the
-    committed value. Python pre/post models keep their committed instance count."""
+    """One serving config: the ONNX models' (detector_query, detector, encoder) instances,
+    intra-op threads and batching, and the python pre/post models' instances; None keeps the
+    committed value."""
 
     name: str
     instances: int | None = None
     threads: int | None = None
     batching: bool = True
     delay_us: int | None = None
+    python_instances: int | None = None
 
     def options(self, precision: str) -> Any:
-        from visual_search.triton.repository import ORT_THREADS, Options
+        from visual_search.triton.repository import ORT_THREADS, PYTHON_INSTANCES, Options
 
         return Options(
             precision=precision,
@@ -59,6 +61,7 @@ class Point:
             ort_threads=self.threads or ORT_THREADS,
             onnx_instances=self.instances,
             max_queue_delay_us=self.delay_us,
+            python_instances=self.python_instances or PYTHON_INSTANCES,
         )
 
     def effective(self) -> dict[str, Any]:
@@ -74,11 +77,13 @@ class Point:
             "max_queue_delay_us": (b.max_queue_delay_us if self.delay_us is None else self.delay_us)
             if self.batching
             else None,
+            "python_instances": opts.python_instances,
         }
 
 
-# ~10 points: around the committed config (2 instances x 1 thread, batching, 2 ms) one knob at a
-# time, then 1 instance x 2 threads (one process using both cores) and 2 x 2 (oversubscribed).
+# 11 points: around the committed config (2 instances x 1 thread, batching, 2 ms) one knob at a
+# time, then 1 instance x 2 threads (one process using both cores), 2 x 2 (oversubscribed), and
+# fewer python processes (10 stub processes share 2 cores in the committed config).
 GRID: tuple[Point, ...] = (
     Point(BASELINE),
     Point("i2-t1-off", batching=False),
@@ -90,6 +95,7 @@ GRID: tuple[Point, ...] = (
     Point("i1-t2-q10000", instances=1, threads=2, delay_us=10000),
     Point("i2-t2-q2000", instances=2, threads=2, delay_us=2000),
     Point("i2-t2-off", instances=2, threads=2, batching=False),
+    Point("i1-t2-q2000-py1", instances=1, threads=2, delay_us=2000, python_instances=1),
 )
 POINTS = {p.name: p for p in GRID}
 
@@ -276,13 +282,30 @@ def summarize(results: list[dict[str, Any]], points: list[str]) -> dict[str, Any
     return out
 
 
+def make_schedule(others: list[str], baseline_runs: int) -> list[tuple[str, str]]:
+    """(point, run label) in order: the baseline first, last and evenly between the other points,
+    so drift from other work on the host shows up as a spread between its runs."""
+    runs = max(1, baseline_runs)
+    if runs == 1 or not others:
+        slots = [0] * runs
+    else:  # before others[k] for each k in slots; len(others) = after the last one
+        slots = [round(i * len(others) / (runs - 1)) for i in range(runs)]
+    out: list[tuple[str, str]] = []
+    n = 0
+    for k in range(len(others) + 1):
+        while n < runs and slots[n] == k:
+            out.append((BASELINE, BASELINE if n == 0 else f"{BASELINE}#{n + 1}"))
+            n += 1
+        if k < len(others):
+            out.append((others[k], others[k]))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
 
     names = list(dict.fromkeys([BASELINE, *args.points]))  # the baseline always runs (first)
-    schedule = [(n, n) for n in names]
-    if args.repeat_baseline:
-        schedule.append((BASELINE, f"{BASELINE}#2"))
+    schedule = make_schedule(names[1:], args.baseline_runs)
     images = _images(args.images)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
@@ -336,10 +359,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=12, help="distinct photos cycled through")
     p.add_argument("--base-port", type=int, default=0, help="point i uses base+3i..+2 (0: free ports)")
     p.add_argument(
-        "--no-repeat-baseline",
-        dest="repeat_baseline",
-        action="store_false",
-        help="measure the committed config only once (default: first and last)",
+        "--baseline-runs",
+        type=int,
+        default=3,
+        help="runs of the committed config: first, last and evenly between (drift check)",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "triton_grid.json")
     p.set_defaults(func=_main)

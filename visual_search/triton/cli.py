@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from visual_search.triton.repository import ORT_THREADS, Options
+    from visual_search.triton.repository import ORT_THREADS, PYTHON_INSTANCES, Options
 
     return Options(
         flavour=args.flavour,
@@ -31,6 +31,7 @@ def _options(args: argparse.Namespace) -> Any:
         ort_threads=args.ort_threads or ORT_THREADS,
         onnx_instances=args.onnx_instances,
         max_queue_delay_us=args.max_queue_delay_us,
+        python_instances=args.python_instances or PYTHON_INSTANCES,
     )
 
 
@@ -45,6 +46,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-queue-delay-us", type=_non_negative, help="dynamic batcher delay (default: BATCHING)"
     )
+    p.add_argument("--python-instances", type=_positive, help="pre/post python model instances (default 2)")
 
 
 def _positive(v: str) -> int:

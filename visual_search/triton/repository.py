@@ -102,6 +102,7 @@ class Options:
     ort_threads: int = ORT_THREADS  # cpu flavour: onnxruntime intra-op threads per instance
     onnx_instances: int | None = None  # instance_group count
     max_queue_delay_us: int | None = None  # dynamic batcher delay (when batching is on)
+    python_instances: int = PYTHON_INSTANCES  # pre/post python models (preprocess, crop, ...)
 
     def weights(self, model: str) -> Path:
         if model == N.DETECTOR_QUERY:  # FP32 only: the INT8 detector fails its gate
@@ -334,6 +335,10 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
     )
     for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT):  # the gateway checks these
         _params(c[name], {N.ENCODER_VERSION_PARAM: version})
+    if opts.python_instances < 1:
+        raise ValueError(f"bad tuning: {opts.python_instances} python instances")
+    for name in PYTHON_MODELS:
+        c[name].instance_group[0].count = opts.python_instances
     return c
 
 
