@@ -28,6 +28,9 @@ Batching (the documented knobs; see BATCHING):
             batch objects + 1 (<= DETECTOR_MAX_DETECTIONS + 1), grouped with other requests;
             preferred sizes (4/8/16 cpu, 32/64/128 gpu) keep typical batches short.
   python pre/post models run as 2 CPU instances (separate processes, so no shared GIL).
+Options.ort_threads / onnx_instances / max_queue_delay_us / python_instances override these for
+one generated repository (defaults = the committed configs); `vsearch bench triton-grid`
+measures the alternatives against the committed CPU config (benchmarks/triton_grid.json).
 """
 
 from __future__ import annotations
