@@ -244,7 +244,7 @@ def summarize(results: list[dict[str, Any]], points: list[str]) -> dict[str, Any
         at = [r for r in rows if (r["model"], r["concurrency"]) == (model, conc)]
 
         def mean_of(name: str, field: str, at: list[dict[str, Any]] = at) -> float | None:
-            vals = [float(r[field]) for r in at if r["point"] == name and r[field] is not None]
+            vals = [float(r[field]) for r in at if r["point"] == name and r.get(field) is not None]
             return statistics.fmean(vals) if vals else None
 
         base_ips, base_p95 = mean_of(BASELINE, "images_per_s"), mean_of(BASELINE, "p95_ms")
@@ -262,6 +262,13 @@ def summarize(results: list[dict[str, Any]], points: list[str]) -> dict[str, Any
                 "ratio": round(ips / base_ips, 3),
                 "p95_ratio": round(p95 / base_p95, 3),
             }
+            eff, base_eff = (
+                mean_of(name, "images_per_server_cpu_s"),
+                mean_of(BASELINE, "images_per_server_cpu_s"),
+            )
+            if eff and base_eff:  # less sensitive to other load than images/s
+                table[name]["images_per_server_cpu_s"] = round(eff, 2)
+                table[name]["cpu_efficiency_ratio"] = round(eff / base_eff, 3)
         eligible = {
             n: t for n, t in table.items() if n != BASELINE and t["p95_ms"] <= base_p95 * (1 + P95_TOLERANCE)
         }
