@@ -106,6 +106,9 @@ def test_summary_wants_equal_or_better_p95() -> None:
     rows.pop()
     s = G.summarize(rows, [G.BASELINE, "fast-but-slow-tail", "a-bit-better"])["embed_c8"]
     assert s["best_at_equal_or_better_p95"] == "a-bit-better" and s["clearly_better"] is False
+    noisy = [_row(G.BASELINE, 20.0, 100.0), _row(G.BASELINE, 28.0, 100.0), _row("x", 30.0, 90.0)]
+    s = G.summarize(noisy, [G.BASELINE, "x"])["embed_c8"]  # 1.25x, inside a 40 % baseline spread
+    assert s["best_vs_current"] == 1.25 and s["clearly_better"] is False
 
 
 @pytest.mark.integration  # starts a tritonserver (through G.run)

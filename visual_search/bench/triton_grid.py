@@ -284,7 +284,11 @@ def summarize(results: list[dict[str, Any]], points: list[str]) -> dict[str, Any
             "best_at_equal_or_better_p95": best,
             "best_vs_current": eligible[best]["ratio"] if best else None,
         }
-        entry["clearly_better"] = bool(best and eligible[best]["ratio"] >= CLEARLY_BETTER)
+        # a gain must clear both the bar and the baseline's own run-to-run spread in this run
+        drift = entry["baseline_drift"] or 0.0
+        entry["clearly_better"] = bool(
+            best and eligible[best]["ratio"] >= CLEARLY_BETTER and eligible[best]["ratio"] - 1 > drift
+        )
         out[f"{model}_c{conc}"] = entry
     return out
 
