@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from visual_search.triton.repository import Options
+    from visual_search.triton.repository import ORT_THREADS, PYTHON_INSTANCES, Options
 
     return Options(
         flavour=args.flavour,
@@ -28,6 +28,10 @@ def _options(args: argparse.Namespace) -> Any:
         detector_path=args.detector,
         encoder_path=args.encoder,
         copy_weights=getattr(args, "copy_weights", False),
+        ort_threads=args.ort_threads or ORT_THREADS,
+        onnx_instances=args.onnx_instances,
+        max_queue_delay_us=args.max_queue_delay_us,
+        python_instances=args.python_instances or PYTHON_INSTANCES,
     )
 
 
@@ -36,6 +40,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-batching", action="store_true", help="no dynamic batching (benchmark baseline)")
     p.add_argument("--detector", type=Path, help="detector ONNX (default artifacts/models/detector_<p>.onnx)")
     p.add_argument("--encoder", type=Path, help="encoder ONNX (default artifacts/models/encoder_<p>.onnx)")
+    # Tuning knobs measured by `vsearch bench triton-grid`; the defaults are the committed configs.
+    p.add_argument("--ort-threads", type=_positive, help="onnxruntime intra-op threads (cpu; default 1)")
+    p.add_argument("--onnx-instances", type=_positive, help="detector/encoder instances (default: BATCHING)")
+    p.add_argument(
+        "--max-queue-delay-us", type=_non_negative, help="dynamic batcher delay (default: BATCHING)"
+    )
+    p.add_argument("--python-instances", type=_positive, help="pre/post python model instances (default 2)")
+
+
+def _positive(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not >= 1")
+    return n
+
+
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not >= 0")
+    return n
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:

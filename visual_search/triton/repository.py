@@ -28,6 +28,9 @@ Batching (the documented knobs; see BATCHING):
             batch objects + 1 (<= DETECTOR_MAX_DETECTIONS + 1), grouped with other requests;
             preferred sizes (4/8/16 cpu, 32/64/128 gpu) keep typical batches short.
   python pre/post models run as 2 CPU instances (separate processes, so no shared GIL).
+Options.ort_threads / onnx_instances / max_queue_delay_us / python_instances override these for
+one generated repository (defaults = the committed configs); `vsearch bench triton-grid`
+measures the alternatives against the committed CPU config (benchmarks/triton_grid.json).
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ class Options:
     # 640 + detector_fp32.onnx to serve the old query path as their baseline.
     query_detector_size: int = C.QUERY_DETECTOR_INPUT_SIZE
     copy_weights: bool = False
+    # Tuning overrides for the ONNX models (detector, detector_query, encoder), measured by
+    # `vsearch bench triton-grid`. The defaults are the committed configs: None keeps BATCHING's
+    # value, so the generated model_repository/ files do not change.
+    ort_threads: int = ORT_THREADS  # cpu flavour: onnxruntime intra-op threads per instance
+    onnx_instances: int | None = None  # instance_group count
+    max_queue_delay_us: int | None = None  # dynamic batcher delay (when batching is on)
+    python_instances: int = PYTHON_INSTANCES  # pre/post python models (preprocess, crop, ...)
 
     def weights(self, model: str) -> Path:
         if model == N.DETECTOR_QUERY:  # FP32 only: the INT8 detector fails its gate
@@ -148,11 +158,15 @@ def _python(name: str, inputs: list[mc.ModelInput], outputs: list[mc.ModelOutput
 
 def _onnx_model(name: str, opts: Options, inp: mc.ModelInput, out: mc.ModelOutput) -> mc.ModelConfig:
     b = BATCHING[(opts.flavour, name)]
+    instances = b.instances if opts.onnx_instances is None else opts.onnx_instances
+    delay_us = b.max_queue_delay_us if opts.max_queue_delay_us is None else opts.max_queue_delay_us
+    if instances < 1 or opts.ort_threads < 1 or delay_us < 0:
+        raise ValueError(f"bad tuning: {instances} instances, {opts.ort_threads} threads, {delay_us} us")
     cfg = mc.ModelConfig(name=name, max_batch_size=b.max_batch_size, input=[inp], output=[out])
     if opts.flavour == "cpu":
         cfg.backend = "python"
-        cfg.instance_group.add(count=b.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-        _params(cfg, {"intra_op_threads": str(ORT_THREADS)})
+        cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        _params(cfg, {"intra_op_threads": str(opts.ort_threads)})
     else:
         if opts.gpu_backend == "tensorrt":
             cfg.backend, cfg.platform, cfg.default_model_filename = "tensorrt", "tensorrt_plan", "model.plan"
@@ -162,10 +176,10 @@ def _onnx_model(name: str, opts: Options, inp: mc.ModelInput, out: mc.ModelOutpu
                 "onnxruntime_onnx",
                 "model.onnx",
             )
-        cfg.instance_group.add(count=b.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_GPU)
     if opts.batching:
         cfg.dynamic_batching.preferred_batch_size.extend(b.preferred)
-        cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
+        cfg.dynamic_batching.max_queue_delay_microseconds = delay_us
     return cfg
 
 
@@ -324,6 +338,10 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
     )
     for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT):  # the gateway checks these
         _params(c[name], {N.ENCODER_VERSION_PARAM: version})
+    if opts.python_instances < 1:
+        raise ValueError(f"bad tuning: {opts.python_instances} python instances")
+    for name in PYTHON_MODELS:
+        c[name].instance_group[0].count = opts.python_instances
     return c
 
 
