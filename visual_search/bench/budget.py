@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from visual_search.bench.report import write_report
+from visual_search.bench.report import latency_stats, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-budget-v1"
@@ -28,15 +28,7 @@ SHARD_ARGS = ["--train-threshold", "100000000", "--faiss-threads", "1"]
 
 
 def _stats(lat: list[float], partial: int) -> dict[str, Any]:
-    a = np.asarray(lat) * 1e3
-    return {
-        "queries": len(lat),
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p95_ms": round(float(np.percentile(a, 95)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 2),
-        "partial": partial,
-    }
+    return {**latency_stats(lat, (50, 95, 99)), "partial": partial}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from visual_search.bench.report import write_report
+from visual_search.bench.report import latency_stats, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-loop-v1"
@@ -53,14 +53,7 @@ def large_jpeg(side: int, seed: int = 0) -> bytes:
 
 
 def _stats(lat: list[float]) -> dict[str, Any]:
-    a = np.asarray(lat) * 1e3
-    return {
-        "queries": len(lat),
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p90_ms": round(float(np.percentile(a, 90)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 2),
-    }
+    return latency_stats(lat, (50, 90, 99))
 
 
 class _PhotoLoad:

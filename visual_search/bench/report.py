@@ -28,6 +28,18 @@ def hardware() -> dict[str, Any]:
     }
 
 
+def latency_stats(lat_s: list[float], percentiles: tuple[int, ...] = (50, 95, 99)) -> dict[str, Any]:
+    """Count, the given percentiles and the max of latencies given in seconds, in ms."""
+    import numpy as np
+
+    a = np.asarray(lat_s) * 1e3
+    return {
+        "queries": len(lat_s),
+        **{f"p{p}_ms": round(float(np.percentile(a, p)), 2) for p in percentiles},
+        "max_ms": round(float(a.max()), 2),
+    }
+
+
 def write_report(out: dict[str, Any], path: Path, show: str | None = None, indent: int = 2) -> int:
     """Write `out` as JSON to `path`, print its `show` part and where it went; exit status 0."""
     path.parent.mkdir(parents=True, exist_ok=True)

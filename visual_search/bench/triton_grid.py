@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from visual_search.triton import names as N
-from visual_search.triton.bench import _hardware, _images, _pct
+from visual_search.triton.bench import _drive, _hardware, _images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASELINE = "current"
@@ -126,41 +126,7 @@ async def _measure(
     url: str, model: str, images: list[bytes], concurrency: int, seconds: float
 ) -> dict[str, Any]:
     """Closed loop at `concurrency` for `seconds`, after a concurrent warm-up of every instance."""
-    from visual_search.triton.client import AsyncTritonClient
-
-    latencies: list[float] = []
-    errors = 0
-    async with AsyncTritonClient(url) as client:
-        warm = images[: max(4, 2 * concurrency)]
-        await asyncio.gather(*(client.infer(model, img) for img in warm))
-        counter = 0
-
-        async def worker(deadline: float) -> None:
-            nonlocal counter, errors
-            while time.perf_counter() < deadline:
-                img = images[counter % len(images)]
-                counter += 1
-                t0 = time.perf_counter()
-                try:
-                    await client.infer(model, img)
-                    latencies.append(time.perf_counter() - t0)
-                except Exception:  # noqa: BLE001 - counted, the run goes on
-                    errors += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(t0 + seconds) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    ms = [1000 * x for x in latencies]
-    return {
-        "requests": len(ms),
-        "errors": errors,
-        "seconds": round(elapsed, 3),
-        "images_per_s": round(len(ms) / elapsed, 2),
-        "p50_ms": round(_pct(ms, 50), 1) if ms else None,
-        "p95_ms": round(_pct(ms, 95), 1) if ms else None,
-        "p99_ms": round(_pct(ms, 99), 1) if ms else None,
-        "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
-    }
+    return await _drive(url, model, images, concurrency, seconds, warm=max(4, 2 * concurrency))
 
 
 def _accounted(pgid: int, fn: Any) -> dict[str, Any]:

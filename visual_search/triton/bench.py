@@ -39,15 +39,20 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _drive(
-    url: str, model: str, images: list[bytes], concurrency: int, seconds: float
+    url: str, model: str, images: list[bytes], concurrency: int, seconds: float, warm: int = 0
 ) -> dict[str, Any]:
+    """Closed loop at `concurrency` for `seconds`. Warm-up first: one request per worker in turn,
+    or (`warm` > 0) that many requests at once, so every model instance has run."""
     from visual_search.triton.client import AsyncTritonClient
 
     latencies: list[float] = []
     errors = 0
     async with AsyncTritonClient(url) as client:
-        for img in images[:concurrency]:  # warm every worker's path once
-            await client.infer(model, img)
+        if warm:
+            await asyncio.gather(*(client.infer(model, img) for img in images[:warm]))
+        else:
+            for img in images[:concurrency]:  # warm every worker's path once
+                await client.infer(model, img)
         deadline = time.perf_counter() + seconds
         counter = 0
 
@@ -72,6 +77,7 @@ async def _drive(
         "seconds": round(elapsed, 3),
         "images_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(1000 * _pct(latencies, 50), 1) if latencies else None,
+        "p95_ms": round(1000 * _pct(latencies, 95), 1) if latencies else None,
         "p99_ms": round(1000 * _pct(latencies, 99), 1) if latencies else None,
         "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
     }

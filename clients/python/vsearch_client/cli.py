@@ -495,15 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command (`args.func`); used by this CLI and the serving package's `vsearch`."""
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
-        # `vsearch-client search ... | head`: the reader left; exit quietly like other Unix tools.
+        # `... search ... | head`: the reader left; exit quietly like other Unix tools.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
