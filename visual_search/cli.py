@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "visual_search.launcher",
     "visual_search.eval.cli",
     "visual_search.eval.canary_cli",
+    "visual_search.eval.calibrate_cli",
     "visual_search.cutover.cli",
     "visual_search.adapt_cli",
     "visual_search.web.server",

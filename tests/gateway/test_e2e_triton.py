@@ -231,3 +231,20 @@ def test_exact_copy_is_found_first_even_when_not_among_the_vector_hits(
     # a filter still applies to the exact copy: excluded when it does not match
     res = client.search(image=photo, box=box, k=1, filters=["category=detail"])
     assert res.hits[0].item_id.startswith("detail-") and not res.hits[0].exact_match
+
+
+def test_no_close_match_is_flagged_and_a_copy_is_a_close_match(client: vc.Client, indexed: dict) -> None:
+    """Calibrated threshold (artifacts/models/calibration.json): a dog photo against a grocery
+    catalog is 'no close match'; a catalog photo is a close match; flags follow the threshold."""
+    dog = DEFAULT_MANIFEST.parents[1] / "oxford_pets_dogs" / "images" / "beagle" / "beagle_111.jpg"
+    res = client.search(image=dog.read_bytes(), k=5)
+    rl = res.lists[0]
+    assert rl.close_match_threshold > 0.3, "the served fp32 model version has a calibrated threshold"
+    assert rl.hits and rl.no_close_match and not any(h.close_match for h in rl.hits)
+    assert max(h.score for h in rl.hits) < rl.close_match_threshold
+
+    item_id, path, _ = catalog_rows()[4]
+    rl = client.search(image=path.read_bytes(), k=10).lists[0]
+    assert rl.hits[0].item_id == item_id and rl.hits[0].close_match and not rl.no_close_match
+    for h in rl.hits:
+        assert h.close_match == (h.exact_match or h.score >= rl.close_match_threshold), h

@@ -85,3 +85,13 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "cannot read photo" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_result_table_says_no_close_match_and_marks_close_hits() -> None:
+    far = ResultList(None, 0, "bus", [_hit("yoghurt")], "default-box", no_close_match=True,
+                     close_match_threshold=0.685)
+    out = format_result_table(_result(far))
+    assert "NO CLOSE MATCH" in out and "0.685" in out
+    close = Hit("milk-1", 0.9, 0.92, "milk", 1.0, True, "", {}, None, False, 0, [], close_match=True)
+    out = format_result_table(_result(ResultList(None, 0, "bottle", [close], close_match_threshold=0.685)))
+    assert "NO CLOSE MATCH" not in out and " close " in out

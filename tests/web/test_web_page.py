@@ -125,6 +125,10 @@ def test_page_upload_boxes_grid_tap_and_filter(web: str, browser: object, tmp_pa
     cards = drv.find_elements(By.CSS_SELECTOR, ".card.result")  # type: ignore[attr-defined]
     assert len(cards) >= 3
     assert "model" in drv.find_element(By.ID, "summary").text  # type: ignore[attr-defined]
+    # a bus against a milk catalog: the calibrated "no close match" banner, the grid faded
+    banner = drv.find_element(By.ID, "noclose")  # type: ignore[attr-defined]
+    assert banner.is_displayed() and "No close match" in banner.text
+    assert all("far" in (c.get_attribute("class") or "") for c in cards)
     # result photos are served from the catalog folder
     img = cards[0].find_element(By.TAG_NAME, "img")
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", img) > 0)

@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boost-available", type=float, default=D.boost_available)
     p.add_argument("--boost-region", type=float, default=D.boost_region)
     p.add_argument("--dedup-threshold", type=float, default=D.dedup_threshold)
+    p.add_argument("--close-match-threshold", type=float,
+                   default=_optional_float(env("VSEARCH_CLOSE_MATCH_THRESHOLD")),
+                   help="score a hit needs to be a 'close match' (default: the served model version's "
+                   "calibrated value from `vsearch calibrate`; 0 = off) [env]")
     p.add_argument("--index-concurrency", type=int, default=D.index_concurrency,
                    help="IndexItems: items in flight per stream")
     p.add_argument("--index-triton-concurrency", type=int, default=D.index_triton_concurrency,
@@ -99,6 +103,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
+def _optional_float(s: str | None) -> float | None:
+    return float(s) if s else None
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     from visual_search.shard.auth import load_token
 
@@ -110,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         shard_budget_factor=args.shard_budget_factor, shard_budget_min_ms=args.shard_budget_min_ms,
         shard_budget_max_ms=args.shard_budget_max_ms, boost_available=args.boost_available,
         boost_region=args.boost_region, dedup_threshold=args.dedup_threshold,
+        close_match_threshold=args.close_match_threshold,
         index_concurrency=args.index_concurrency, index_triton_concurrency=args.index_triton_concurrency,
         index_upsert_batch=args.index_upsert_batch, write_quorum=args.write_quorum,
         auth_token=args.auth_token or None,
@@ -130,13 +139,14 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from visual_search import logs
+    from visual_search.calibration import CalibrationError
     from visual_search.gateway.server import StartRefused, run_until_signalled
     from visual_search.shard.auth import TokenError
 
     logs.setup("gateway", args.log_level)  # one JSON object per line (visual_search/logs.py)
     try:
         asyncio.run(run_until_signalled(config_from_args(args)))
-    except (StartRefused, TokenError) as e:
+    except (StartRefused, TokenError, CalibrationError) as e:
         import logging
 
         logging.getLogger("visual_search.gateway").error("refusing to start: %s", e)

@@ -96,6 +96,10 @@ class GatewayConfig:
     boost_available: float = 0.02
     boost_region: float = 0.02
     dedup_threshold: float = 0.95
+    # "No close match" (calibration.py): the score a hit needs to be flagged close. None = the
+    # calibrated value of the served model version (artifacts/models/calibration.json; a version
+    # without one is served uncalibrated: 0); a number overrides it for every version, 0 = off.
+    close_match_threshold: float | None = None
     phash_max_distance: int = 6  # Hamming bits: at most this -> "the same image"
     candidate_factor: int = 2  # shards return k * factor (+ margin) so collapse can still fill k
     # Default-box photo queries: one Triton call (detect_and_embed_default). False = the older

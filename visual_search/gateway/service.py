@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from visual_search import contract
+from visual_search import calibration, contract
 from visual_search.errors import public_message
 from visual_search.gateway import validation as V
 from visual_search.gateway.config import GatewayConfig
@@ -90,6 +90,24 @@ def api_method(name: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..
     return wrap
 
 
+def close_match_threshold(cfg: GatewayConfig, model_version: str) -> float:
+    """The configured threshold, else the served version's calibrated one, else 0 (uncalibrated:
+    nothing is flagged either way, and responses carry threshold 0 so clients can tell)."""
+    if cfg.close_match_threshold is not None:
+        return calibration.check_threshold(cfg.close_match_threshold)
+    try:
+        cal = calibration.load(model_version)
+    except calibration.CalibrationError as e:
+        log.error("close-match threshold not loaded, serving uncalibrated: %s", e)
+        return 0.0
+    if cal is None:
+        log.warning("model version %s has no close-match calibration (%s): serving uncalibrated",
+                    model_version, calibration.default_path())
+        return 0.0
+    log.info("close-match threshold %.4f (calibrated for %s)", cal.threshold, model_version)
+    return cal.threshold
+
+
 class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
     def __init__(
         self, cfg: GatewayConfig, fanout: ShardFanout, embedder: Embedder | None,
@@ -100,6 +118,7 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         self.embedder = embedder
         self.metrics = metrics
         self.model_version = model_version
+        self.close_threshold = close_match_threshold(cfg, model_version)
         self.cpu = shared_pool(cfg.cpu_workers, cfg.cpu_max_pending, cfg.cpu_inline)
         self.indexer = Indexer(
             embedder, fanout, model_version, cfg.index_triton_concurrency, cfg.index_upsert_batch,
@@ -201,11 +220,12 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             merge_s += time.monotonic() - tm
             ranked = rerank(cands, request.k, params)
             rl = resp.results.add(detection_index=spec.detection_index, class_name=spec.class_name,
-                                  query_strategy=spec.strategy)
+                                  query_strategy=spec.strategy, close_match_threshold=self.close_threshold)
             qb = _box(spec.box)
             if qb is not None:
                 rl.query_box.CopyFrom(qb)
-            rl.hits.extend(self._match(c) for c in ranked)
+            rl.hits.extend(self._match(c, self.close_threshold) for c in ranked)
+            rl.no_close_match = self.close_threshold > 0 and not any(h.close_match for h in rl.hits)
         rerank_s = time.monotonic() - t2  # the API's rerank_ms keeps merge + re-rank together
         self.metrics.stage_seconds.labels("merge").observe(merge_s)
         self.metrics.stage_seconds.labels("rerank").observe(rerank_s - merge_s)
@@ -215,10 +235,11 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         return resp
 
     @staticmethod
-    def _match(c: Candidate) -> search_pb2.Match:
+    def _match(c: Candidate, close_threshold: float) -> search_pb2.Match:
         m = search_pb2.Match(
             item_id=c.item_id, score=c.score, rank_score=c.rank_score, metadata=c.metadata,
             entry_id=c.entry_id, exact_match=c.exact_match, shard_id=c.shard_id, duplicates=c.duplicates,
+            close_match=calibration.is_close(c.score, c.exact_match, close_threshold),
         )
         mb = _box(c.box)
         if mb is not None:

@@ -351,7 +351,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 # ---- queries ----------------------------------------------------------------------------------
 RESULT_LEGEND = (
     "score = cosine similarity of the best-matching entry of the item (1 = identical); "
-    "rank = score + business boosts (availability, region), the order of the list"
+    "rank = score + business boosts (availability, region), the order of the list; "
+    "close = score at or above the calibrated close-match threshold (or an exact copy)"
 )
 
 
@@ -375,13 +376,18 @@ def format_result_table(res: Any) -> str:
         if not rl.hits:
             lines.append("  no matches (empty index, or nothing passed the filters)")
             continue
+        if rl.no_close_match:
+            lines.append(
+                f"  NO CLOSE MATCH: no item scores >= {rl.close_match_threshold:.3f} (calibrated); "
+                "the nearest items follow, they probably do not show what was searched"
+            )
         width = max(4, *(len(h.item_id) for h in rl.hits))
         lines.append(
             f"  {'#':>2} {'item':<{width}} {'score':>6} {'rank':>6} {'category':<24} "
             f"{'matched box':<18} flags"
         )
         for i, h in enumerate(rl.hits, 1):
-            flags = ("exact-copy " if h.exact_match else "") + (
+            flags = ("exact-copy " if h.exact_match else "close " if h.close_match else "") + (
                 f"+{len(h.duplicates)} near-duplicates" if h.duplicates else ""
             )
             mb = str(h.matched_box) if h.matched_box else "whole"

@@ -80,6 +80,7 @@ class Hit:
     exact_match: bool
     shard_id: int
     duplicates: list[str]
+    close_match: bool = False  # exact copy, or score >= the list's close_match_threshold
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class ResultList:
     class_name: str
     hits: list[Hit]
     query_strategy: str = ""  # how the query side was chosen (default-box, whole-image, box, ...)
+    no_close_match: bool = False  # nothing in the catalog looks like the query (calibrated)
+    close_match_threshold: float = 0.0  # 0 = the served model version is not calibrated
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ def _hit(m: search_pb2.Match) -> Hit:
         exact_match=m.exact_match,
         shard_id=m.shard_id,
         duplicates=list(m.duplicates),
+        close_match=m.close_match,
     )
 
 
@@ -240,6 +244,8 @@ def search_result(r: search_pb2.QueryResponse) -> SearchResult:
                 class_name=rl.class_name,
                 hits=[_hit(h) for h in rl.hits],
                 query_strategy=rl.query_strategy,
+                no_close_match=rl.no_close_match,
+                close_match_threshold=rl.close_match_threshold,
             )
             for rl in r.results
         ],
