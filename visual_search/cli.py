@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
 BENCH_MODULES: list[str] = [
     "visual_search.triton.bench",
     "visual_search.bench.triton_grid",
+    "visual_search.bench.triton_stages",
     "visual_search.bench.shard_bench",
     "visual_search.bench.crash",
     "visual_search.bench.e2e",
