@@ -53,10 +53,7 @@ class EmbeddedSet:
 
     def item_scores(self, queries: np.ndarray) -> np.ndarray:
         """float32 [Q, N]: each query against each catalog item (its best entry), as the shards score."""
-        entry = queries @ self.catalog.vectors.T
-        items = np.full((len(queries), len(self.c_labels)), -np.inf, np.float32)
-        np.maximum.at(items.T, self.catalog.entry_item, entry.T)
-        return items
+        return I.item_scores(queries, self.catalog, len(self.c_labels))
 
     @property
     def same(self) -> np.ndarray:

@@ -64,6 +64,8 @@ def _row(name: str, rep: M.Report, extra: dict[str, Any] | None = None) -> dict[
 
 
 def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any]]:
+    import numpy as np
+
     from visual_search import models
     from visual_search.eval import inprocess as I
     from visual_search.eval.dataset import load_manifest, split
@@ -75,19 +77,27 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     pipe = ReferencePipeline(models.artifact_path("detector"), models.artifact_path("encoder", prec))
     cat_e, q_e = I.embed_images(pipe, catalog), I.embed_images(pipe, queries)
     rows = []
-    for cat_obj, q_obj in ((False, False), (True, False), (True, True), (False, True)):
-        cset = I.catalog_entries(cat_e, cat_obj)
-        ranked = I.rank_items(I.query_vectors(q_e, q_obj), cset, len(catalog), k)
+
+    def add(name: str, ranked: Any) -> None:
         rep = M.evaluate(
             [[catalog[j].label for j in r] for r in ranked],
             [q.label for q in queries],
             [c.label for c in catalog],
         )
-        name = (
-            f"inprocess-exact-{precision} catalog={'objects+whole' if cat_obj else 'whole'} "
-            f"query={'salient-object' if q_obj else 'whole'}"
-        )
-        rows.append(_row(name, rep, {"precision": precision, "path": "inprocess"}))
+        extra = {"precision": precision, "path": "inprocess"}
+        rows.append(_row(f"inprocess-exact-{precision} {name}", rep, extra))
+
+    for cat_obj, q_obj in ((False, False), (True, False), (True, True), (False, True)):
+        cset = I.catalog_entries(cat_e, cat_obj)
+        ranked = I.rank_items(I.query_vectors(q_e, q_obj), cset, len(catalog), k)
+        cat_side, q_side = "objects+whole" if cat_obj else "whole", "salient-object" if q_obj else "whole"
+        add(f"catalog={cat_side} query={q_side}", ranked)
+    # query strategies (issue 14 ask 4): combine the salient object's and the whole image's item scores
+    cset = I.catalog_entries(cat_e, True)
+    box_s = I.item_scores(I.query_vectors(q_e, True), cset, len(catalog))
+    whole_s = I.item_scores(I.query_vectors(q_e, False), cset, len(catalog))
+    for how, combined in (("max", np.maximum(box_s, whole_s)), ("mean", (box_s + whole_s) / 2)):
+        add(f"catalog=objects+whole query={how}(salient-object, whole)", I.top_items(combined, k))
     return rows
 
 

@@ -66,10 +66,19 @@ def query_vectors(embs: Sequence[ImageEmbeddings], objects: bool) -> np.ndarray:
     return np.vstack([e.objects[e.salient] if objects and e.salient >= 0 else e.whole for e in embs])
 
 
+def item_scores(queries: np.ndarray, catalog: EmbeddedSet, n_items: int) -> np.ndarray:
+    """Exact cosine of each query with each item, an item scoring as its best entry: [Q, n_items]."""
+    scores = queries @ catalog.vectors.T  # [Q, E]
+    items = np.full((len(queries), n_items), -np.inf, np.float32)
+    np.maximum.at(items.T, catalog.entry_item, scores.T)
+    return items
+
+
+def top_items(scores: np.ndarray, k: int) -> np.ndarray:
+    """[Q, min(k, N)] item indices, best first (ties keep catalog order)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+
+
 def rank_items(queries: np.ndarray, catalog: EmbeddedSet, n_items: int, k: int) -> np.ndarray:
     """Exact search: item score = max over its entries; returns [Q, min(k, n_items)] item indices."""
-    scores = queries @ catalog.vectors.T  # [Q, E]
-    item_scores = np.full((len(queries), n_items), -np.inf, np.float32)
-    np.maximum.at(item_scores.T, catalog.entry_item, scores.T)
-    k = min(k, n_items)
-    return np.argsort(-item_scores, axis=1, kind="stable")[:, :k]
+    return top_items(item_scores(queries, catalog, n_items), k)
