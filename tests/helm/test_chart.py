@@ -163,6 +163,18 @@ def test_gateway_shard_map_lists_every_replica(value_set: str) -> None:
     assert {addr.split(".")[0] for group in config["shards"] for addr in group} == pods
 
 
+def test_close_match_threshold_is_calibrated_unless_set() -> None:
+    def args(*sets: str) -> list[str]:
+        gateway = one(render("default-values.yaml", sets=sets), "Deployment", "-gateway")
+        return list(pod_spec(gateway)["containers"][0]["args"])
+
+    assert "--close-match-threshold" not in args()  # the image's calibration.json decides
+    a = args("gateway.closeMatchThreshold=0.7")
+    assert a[a.index("--close-match-threshold") + 1] == "0.7"
+    a = args("gateway.closeMatchThreshold=0")  # 0 = off must still be passed
+    assert a[a.index("--close-match-threshold") + 1] == "0"
+
+
 def test_gateway_config_change_rolls_pods() -> None:
     a = one(render("default-values.yaml"), "Deployment", "-gateway")
     b = one(render("default-values.yaml", sets=("shards.count=5",)), "Deployment", "-gateway")
@@ -470,6 +482,7 @@ def test_dashboard_configmap_ships_the_dashboard() -> None:
         (("shards.podAntiAffinity=sometimes",), "podAntiAffinity"),
         (("gateway.port=70000",), "gateway.port"),
         (("canary.minRecall=1.5",), "minRecall"),
+        (("gateway.closeMatchThreshold=1.5",), "closeMatchThreshold"),
         (("modelVersion=v1",), "modelVersion"),  # gone: Triton is the one version truth
         (("tls.enabled=true",), "existingSecret"),
         (("monitoring.serviceMonitor.interval=soon",), "interval"),
