@@ -13,6 +13,9 @@ and scored on S's queries against S's catalog (catalog = whole photo + detected 
 is (its fit sets are listed on the row). Baseline in the same run: ImageNet MobileNetV2, global
 average pool, whole images, exact cosine. FP32 in-process: the float16 ONNX output and INT8 / IVF-PQ
 losses are measured by `vsearch eval` (served rows), not here.
+Candidate recipes (not shipped; `PerBlockModel`): each backbone's GeM L2-normalised and concatenated,
+with nothing fitted (2560-d) or an uncentered PCA to 256/512/1024 fitted on the other sets' catalog
+entries - what a shipped default that generalises would look like, and at what embedding size.
 Query strategies: the default box (most salient query-side detection, as served), the whole
 image, and both (item score = max, or mean, of the two query vectors' scores). "chosen" picks, per
 scored set, the strategy with the best mean cross-set mAP over the *other* sets' folds.
@@ -40,6 +43,7 @@ from visual_search.eval import metrics as M
 SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
 CACHE_ROOT = REPO / ".cache" / "crossset"
 STRATEGIES = ("box", "whole", "max", "mean")
+CANDIDATE_DIMS = (256, 512, 1024)  # uncentered-PCA candidates (EMBEDDING_DIM is 256 today)
 SHOWN = ("map", "hit@1", "ndcg@10", "mrr")
 
 
@@ -61,6 +65,42 @@ class Model:
 
     def channel_scale(self) -> np.ndarray:
         return 1.0 / self.channel_scale_inv()
+
+
+def per_block_l2(g: np.ndarray) -> np.ndarray:
+    """Each backbone's GeM (MobileNetV2 | Lite0) L2-normalised, concatenated, L2-normalised: the two
+    backbones weigh equally with nothing fitted (the export recipe fits median-norm scales)."""
+    def l2(v: np.ndarray) -> np.ndarray:
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    return l2(np.hstack([l2(g[:, :1280]), l2(g[:, 1280:])])).astype(np.float32)
+
+
+@dataclass
+class PerBlockModel:
+    """Candidate recipes that generalise better (measured here, not shipped): per-block L2 GeM, then
+    an *uncentered* PCA to `dim` (an SVD of the raw unit vectors: the shared mean direction is kept,
+    not subtracted as the fit domain's mean) or, components None, no projection at all (2560-d)."""
+
+    components: np.ndarray | None  # [dim, 2560] or None
+    fitted_on: list[str]
+    recipe: str
+
+    def vectors(self, f: SetFeatures, rows: np.ndarray) -> np.ndarray:
+        v = per_block_l2(f.gem[rows])
+        if self.components is None:
+            return v
+        y = v @ self.components.T
+        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def fit_per_block(sets: dict[str, SetFeatures], names: list[str], dim: int | None) -> PerBlockModel:
+    """Uncentered PCA on every catalog entry (photos and detected objects) of `names`."""
+    if dim is None:
+        return PerBlockModel(None, [], "per-block L2 GeM, 2560-d, nothing fitted")
+    g = np.concatenate([per_block_l2(sets[n].gem[np.flatnonzero(sets[n].map_row >= 0)]) for n in names])
+    _, _, vt = np.linalg.svd(g.astype(np.float64), full_matrices=False)
+    return PerBlockModel(vt[:dim].astype(np.float32), list(names), f"per-block L2 GeM + uncentered PCA {dim}")
 
 
 def load_sets() -> dict[str, SetFeatures]:
@@ -153,7 +193,8 @@ def _report(scores: np.ndarray, q_labels: list[str], c_labels: list[str]) -> M.R
     return M.evaluate([[c_labels[j] for j in r] for r in ranked], q_labels, c_labels)
 
 
-def query_scores(model: Model, f: SetFeatures, catalog_objects: bool = True) -> dict[str, Any]:
+def query_scores(model: Model | PerBlockModel, f: SetFeatures,
+                 catalog_objects: bool = True) -> dict[str, Any]:
     """Item scores [Q, N] per query strategy + labels, for one model on one set."""
     cat_imgs = [i for i, s in enumerate(f.splits) if s == "catalog"]
     q_imgs = [i for i, s in enumerate(f.splits) if s == "query"]
@@ -187,7 +228,7 @@ def baseline_report(f: SetFeatures) -> M.Report:
                    [f.labels[i] for i in cat_imgs])
 
 
-def _row(dataset: str, protocol: str, model: Model | None, strategy: str, rep: M.Report,
+def _row(dataset: str, protocol: str, model: Model | PerBlockModel | None, strategy: str, rep: M.Report,
          **extra: Any) -> dict[str, Any]:
     return {"dataset": dataset, "protocol": protocol, "config": f"{protocol} query={strategy}",
             "query_strategy": strategy, "catalog": "objects+whole", "path": "inprocess-exact-fp32-crossset",
@@ -221,8 +262,12 @@ def run(out_path: Path | None, adapt_steps: int = ADAPT_STEPS) -> dict[str, Any]
         adapted = adapt(cross, f, adapt_steps)
         timing[f"adapt_{name}_s"] = round(time.monotonic() - t, 1)
         seen = name in shipped.fitted_on
-        models = (("in-set", in_set), ("cross-set", cross), ("cross-set-pca-only", cross_pca),
-                  ("adapt", adapted), ("shipped-" + ("in-set" if seen else "cross-set"), shipped))
+        models: tuple[tuple[str, Model | PerBlockModel], ...] = (
+            ("in-set", in_set), ("cross-set", cross), ("cross-set-pca-only", cross_pca),
+            ("adapt", adapted), ("shipped-" + ("in-set" if seen else "cross-set"), shipped),
+            ("cross-set-fit-free-2560", fit_per_block(sets, others, None)),
+            *((f"cross-set-uncentered-pca-{d}", fit_per_block(sets, others, d)) for d in CANDIDATE_DIMS),
+        )
         for proto, model in models:
             qs = query_scores(model, f)
             for strat in STRATEGIES:
