@@ -379,7 +379,7 @@ def format_result_table(res: Any) -> str:
         if rl.no_close_match:
             lines.append(
                 f"  NO CLOSE MATCH: no item scores >= {rl.close_match_threshold:.3f} (calibrated); "
-                "the nearest items follow, they probably do not show what was searched"
+                "the nearest items follow - similar, maybe not the same thing"
             )
         width = max(4, *(len(h.item_id) for h in rl.hits))
         lines.append(
