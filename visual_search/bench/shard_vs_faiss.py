@@ -117,8 +117,11 @@ def compare(
                 )
             return faiss_alone.search(q, k, params=params[0])[1]
 
+        stages: list[tuple[float, float, float]] = []
+
         def engine_search(q: Any, nprobe: int, cand: int) -> list[list[int]]:
-            res, _ = eng.search(q, k, nprobe=nprobe, rescore_k=cand)
+            res, t = eng.search(q, k, nprobe=nprobe, rescore_k=cand)
+            stages.append((t.ann_s, t.filter_s, t.rescore_s))
             return [[h.entry_id for h in hits] for hits in res]
 
         rows = []
@@ -134,6 +137,7 @@ def compare(
                     for r in engine_search(xq[a : a + batch], nprobe, cand)
                 ]
                 lat_f, lat_e = [], []
+                stages.clear()
                 for q in xq[:latency_queries]:
                     q1 = q[None, :]
                     ts = time.perf_counter()
@@ -151,6 +155,14 @@ def compare(
                     engine_search(xq[a : a + batch], nprobe, cand)
                     bf += tm - ts
                     be += time.perf_counter() - tm
+                st = np.asarray(stages) * 1e6
+                total_us = np.asarray(lat_e) * 1e6
+                stage_p50 = {
+                    "ivf_search": round(float(np.median(st[:, 0])), 1),
+                    "id_to_slot_and_masks": round(float(np.median(st[:, 1])), 1),
+                    "rescore_and_items": round(float(np.median(st[:, 2])), 1),
+                    "rest_hits_lock_python": round(float(np.median(total_us - st.sum(axis=1))), 1),
+                }
                 fs, es = _stats(lat_f), _stats(lat_e)
                 e64, f64 = round(nb / be, 1), round(nb / bf, 1)
                 row = {
@@ -162,6 +174,7 @@ def compare(
                         list(e) == list(f) for e, f in zip(e_found, f_found, strict=True)
                     ),
                     "engine_batch1": es,
+                    "engine_batch1_stage_p50_us": stage_p50,
                     "faiss_batch1": fs,
                     f"engine_batch{batch}_qps": e64,
                     f"faiss_batch{batch}_qps": f64,
