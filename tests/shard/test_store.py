@@ -15,6 +15,11 @@ from visual_search.v1 import shard_pb2 as pb
 def _check(store: Store, probe: np.ndarray) -> None:
     want = np.asarray([store.entry_slot.get(int(e), -1) for e in probe], dtype=np.int64)
     np.testing.assert_array_equal(store.slots_for_entries(probe), want)
+    # each slot's record (what search hits read) is its item's, None for free slots
+    owner = {s: rec for rec in store.items.values() for s in rec.slots}
+    assert len(store.slot_rec) == store.capacity
+    for slot, rec in enumerate(store.slot_rec):
+        assert rec is owner.get(slot)
 
 
 def test_slots_for_entries_matches_dict_under_churn(tmp_path: Path) -> None:

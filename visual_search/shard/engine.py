@@ -773,17 +773,14 @@ class ShardEngine:
     def _hits(self, slots: np.ndarray, scores: np.ndarray, include_vectors: bool) -> list[Hit]:
         """Hit objects for the final top k only (columns read once per call, not per hit)."""
         store = self.store
-        by_code = store.item_by_code
+        slot_rec = store.slot_rec
         hits = []
-        for slot, code, eid, score in zip(
-            slots.tolist(),
-            store.slot_item[slots].tolist(),
-            store.slot_entry[slots].tolist(),
-            scores.tolist(),
-            strict=True,
-        ):
-            rec = by_code[code]
-            box = rec.boxes[0] if rec.entry_ids[0] == eid else store.entry_box(rec, eid)
+        eids = store.slot_entry[slots].tolist()
+        for slot, eid, score in zip(slots.tolist(), eids, scores.tolist(), strict=True):
+            rec = slot_rec[slot]
+            assert rec is not None  # a live slot (the caller holds the read lock)
+            boxes = rec.boxes
+            box = boxes[0] if len(boxes) == 1 else store.entry_box(rec, eid)
             vec = np.asarray(store.vectors[slot], dtype="<f2").tobytes() if include_vectors else b""
             hits.append(Hit(rec.item_id, eid, score, rec.metadata, box, vec))
         return hits
