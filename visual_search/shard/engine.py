@@ -708,7 +708,8 @@ class ShardEngine:
         workers = faiss.omp_get_max_threads()
         flat: np.ndarray | None = None
         starts: np.ndarray | None = None
-        if mask is None and self.index.ntotal == store.n_entries and cand[:, 0].min() >= 0:
+        no_padding = cand[0, 0] >= 0 if nq == 1 else bool((cand[:, 0] >= 0).all())
+        if mask is None and no_padding and self.index.ntotal == store.n_entries:
             # Dense: the index holds each live entry exactly once (no stale codes), so every
             # candidate is a distinct live entry; no padding either (ids sorted: -1 would be first).
             t2 = time.perf_counter()
