@@ -110,3 +110,61 @@ def test_entry_nominated_twice_is_one_hit_with_the_live_vector(tmp_path: Path) -
         assert hit.score == pytest.approx(float(v[35].astype(np.float16).astype(np.float32) @ v[3]), abs=1e-5)
     finally:
         eng.close(final_snapshot=False)
+
+
+def _brute_force(
+    eng: ShardEngine, q: np.ndarray, k: int, nprobe: int, rescore_k: int
+) -> list[tuple[str, int]]:
+    """The same IVF-PQ candidates re-scored naively: every live candidate's exact float16 score,
+    best entry per item, top k items by (score desc, entry id)."""
+    _, cand = eng.index.search(q[None, :], rescore_k, nprobe)
+    best: dict[str, tuple[float, int]] = {}
+    for eid in set(cand[0].tolist()) - {-1}:
+        slot = eng.store.entry_slot.get(eid)
+        if slot is None:
+            continue  # a stale code: deleted or replaced entry
+        score = float(f16_to_f32(np.asarray(eng.store.vectors[slot])) @ q)
+        item = eng.store.item_by_code[int(eng.store.slot_item[slot])].item_id
+        if item not in best or score > best[item][0]:
+            best[item] = (score, eid)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:k]
+    return [(item, eid) for item, (_, eid) in ranked]
+
+
+@pytest.mark.parametrize("entries_per_item", [1, 3])
+def test_ivfpq_search_equals_brute_force_rescoring_of_its_candidates(
+    tmp_path: Path, entries_per_item: int
+) -> None:
+    """Dense path (index holds each live entry once; one entry per item: top k directly) and, after
+    writes leave stale codes in the index, the general path: both equal a naive re-score."""
+    icfg = IndexConfig(train_threshold=1000, nlist=16, pq_m=8, use_gpu=False)
+    cfg = EngineConfig(index=icfg, fsync=False)
+    eng = ShardEngine(tmp_path / "d", shard_id=0, model_version=MODEL, dim=DIM, config=cfg)
+    try:
+        n_items = 1500 // entries_per_item
+        v = unit_vectors(n_items * entries_per_item, seed=11, clusters=40)
+        items = [
+            make_item(f"item-{i}", v[i * entries_per_item : (i + 1) * entries_per_item])
+            for i in range(n_items)
+        ]
+        eng.upsert(upsert_req(items))
+        ok, msg = eng.rebuild(wait=True)
+        assert ok and eng.index.trained, msg
+        assert eng.index.ntotal == eng.store.n_entries  # the dense path applies
+        qs = unit_vectors(15, seed=12, clusters=40)
+
+        def check() -> None:
+            for q in qs:
+                for nprobe, rescore_k in ((4, 50), (8, 200)):
+                    res, _ = eng.search(q[None, :], 10, nprobe=nprobe, rescore_k=rescore_k)
+                    got = [(h.item_id, h.entry_id) for h in res[0]]
+                    assert got == _brute_force(eng, q, 10, nprobe, rescore_k)
+
+        check()
+        # stale codes: a replaced item (its entry ids re-added) and deleted ones -> general path
+        eng.upsert(upsert_req([make_item("item-5", unit_vectors(entries_per_item, seed=99))]))
+        eng.delete([f"item-{i}" for i in range(20, 60)])
+        assert eng.index.ntotal > eng.store.n_entries
+        check()
+    finally:
+        eng.close(final_snapshot=False)

@@ -68,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dir",
         default="",
         help="with --only grpc: keep the trained index and the imported shard data dir here and reuse "
-        "them on the next run (same --n/--seed/--clusters/--spread/--train-points)",
+        "them on the next run (same --n/--seed/--clusters/--spread/--train-points); with --only engine: "
+        "keep the trained+filled first variant and the exact ground truth (same arguments)",
     )
     p.add_argument(
         "--shard-args",
@@ -197,10 +198,23 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     vec16 = None if engine_only else xb.astype(np.float16)
 
     # ---- exact baseline -----------------------------------------------------------------------
+    cache = Path(args.cache_dir) if args.cache_dir and engine_only else None
+    key = (
+        f"{args.n}-{args.seed}-{args.data}-{args.clusters}-{args.spread}-{args.queries}-"
+        f"{args.train_points}-{args.variants[0]}"
+    )
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
     flat = faiss.IndexFlatIP(dim)
     flat.add(xb)
     t = time.time()
-    _, gt = flat.search(xq, 100)
+    if cache is not None and (cache / f"gt-{key}.npy").exists():
+        gt = np.load(cache / f"gt-{key}.npy")
+        result["gt_from_cache"] = True
+    else:
+        _, gt = flat.search(xq, 100)
+        if cache is not None:
+            np.save(cache / f"gt-{key}.npy", gt)
     flat_batch_s = time.time() - t
     lat = []
     for q in xq[: 0 if engine_only else args.flat_queries]:
@@ -223,14 +237,25 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     for variant in args.variants[:1] if engine_only else args.variants:
         bits = 4 if variant.endswith("x4fs") else 8
         cfg = IndexConfig(pq_bits=bits, max_train_points=args.train_points, use_gpu=False)
-        t = time.time()
-        ann = AnnIndex.train_ivfpq(dim, xb, cfg, rng=np.random.default_rng(args.seed))
-        train_s = time.time() - t
-        t = time.time()
-        ids = np.arange(args.n, dtype=np.int64)
-        for a in range(0, args.n, 100_000):
-            ann.add(ids[a : a + 100_000], xb[a : a + 100_000])
-        add_s = time.time() - t
+        cached = cache / f"ivf-{key}.faiss" if cache is not None else None
+        if cached is not None and cached.exists():  # --cache-dir with --only engine: train + add once
+            meta = json.loads(cached.with_suffix(".json").read_text())
+            ann = AnnIndex.deserialize(cached.read_bytes(), meta["index"], use_gpu=False)
+            train_s, add_s = meta["train_s"], meta["add_s"]
+            result["index_from_cache"] = str(cached)
+        else:
+            t = time.time()
+            ann = AnnIndex.train_ivfpq(dim, xb, cfg, rng=np.random.default_rng(args.seed))
+            train_s = time.time() - t
+            t = time.time()
+            ids = np.arange(args.n, dtype=np.int64)
+            for a in range(0, args.n, 100_000):
+                ann.add(ids[a : a + 100_000], xb[a : a + 100_000])
+            add_s = time.time() - t
+            if cached is not None:
+                cached.write_bytes(ann.serialize())
+                meta = {"index": ann.description, "train_s": train_s, "add_s": add_s}
+                cached.with_suffix(".json").write_text(json.dumps(meta))
         ser = len(ann.serialize())
         v: dict[str, Any] = {
             "index": ann.description,

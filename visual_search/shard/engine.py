@@ -84,7 +84,7 @@ Decoded = list[tuple[shard_pb2.Item, np.ndarray]]
 DELETE_MARKERS_FILE = "deleted.pb"
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     item_id: str
     entry_id: int
@@ -697,31 +697,53 @@ class ShardEngine:
         _, cand = self.index.search(queries, fetch, nprobe)
         t1 = time.perf_counter()
         t.ann_s += t1 - t0
-        # Whole batch at once. Sorted ids per row make the searchsorted lookup cache-friendly (~2x)
-        # and put an entry nominated twice (re-inserted: old + new code in the index) side by side.
-        cand = np.sort(cand, axis=1)
+        # Whole batch at once. Sorted ids per row put an entry nominated twice (re-inserted: old +
+        # new code in the index) side by side, and fix the order rows are scored in (ties).
+        cand.sort(axis=1)
         slots = store.slots_for_entries(cand.ravel()).reshape(cand.shape)
-        ok = slots >= 0  # deleted / replaced entries (tombstones) and FAISS's -1 padding drop out
-        ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
-        if mask is not None:
-            ok &= mask[slots]
-        counts = ok.sum(axis=1)
-        flat = slots[ok]
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        t2 = time.perf_counter()
-        t.filter_s += t2 - t1
-        rescore_before = t.rescore_s  # _exact below adds its own share
-        take = 4 * k  # best entries scored per query; more only if they hold fewer than k items
-        top = self.rescorer.top_batch(
-            store.vectors, queries, flat, starts, take, deadline, workers=faiss.omp_get_max_threads()
-        )
+        nq = len(queries)
+        # Every item one entry (the common catalog): the best k entries are the best k items.
+        one_entry = store.n_entries == len(store.items)
+        take = k if one_entry else 4 * k  # best entries scored per query; more if they hold < k items
+        workers = faiss.omp_get_max_threads()
+        flat: np.ndarray | None = None
+        starts: np.ndarray | None = None
+        no_padding = cand[0, 0] >= 0 if nq == 1 else bool((cand[:, 0] >= 0).all())
+        if mask is None and no_padding and self.index.ntotal == store.n_entries:
+            # Dense: the index holds each live entry exactly once (no stale codes), so every
+            # candidate is a distinct live entry; no padding either (ids sorted: -1 would be first).
+            t2 = time.perf_counter()
+            t.filter_s += t2 - t1
+            top = self.rescorer.top_dense(store.vectors, queries, slots, take, deadline, workers=workers)
+        else:
+            ok = slots >= 0  # deleted / replaced entries (tombstones) and FAISS's -1 padding drop out
+            ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
+            if mask is not None:
+                ok &= mask[slots]
+            flat = slots[ok]
+            starts = np.concatenate(([0], np.cumsum(ok.sum(axis=1))))
+            t2 = time.perf_counter()
+            t.filter_s += t2 - t1
+            top = self.rescorer.top_batch(
+                store.vectors, queries, flat, starts, take, deadline, workers=workers
+            )
         if top is None:
-            raise DeadlineExceeded(f"deadline exceeded while re-scoring {len(queries)} queries")
+            raise DeadlineExceeded(f"deadline exceeded while re-scoring {nq} queries")
+        rescore_before = t.rescore_s  # _exact below adds its own share
         top_slots, top_scores = top
-        out, found = best_entries_per_item(top_slots, top_scores, store.slot_item, k)
+        if one_entry and flat is None:  # dense: every row holds min(take, candidates) distinct items
+            out = [(top_slots[i], top_scores[i]) for i in range(nq)]
+            short: list[int] = list(range(nq)) if top_slots.shape[1] < k else []
+        else:
+            if one_entry:
+                found = (top_slots >= 0).sum(axis=1)
+                out = [(top_slots[i, :n], top_scores[i, :n]) for i, n in enumerate(found.tolist())]
+            else:
+                out, found = best_entries_per_item(top_slots, top_scores, store.slot_item, k)
+            short = np.flatnonzero(found < k).tolist()
         n_items_match: int | None = None
-        for qi in np.flatnonzero(found < k).tolist():
-            rows = flat[starts[qi] : starts[qi + 1]]
+        for qi in short:
+            rows = slots[qi] if flat is None or starts is None else flat[starts[qi] : starts[qi + 1]]
             if len(rows) > take:  # many entries of few items: score them all
                 pos, sc = self.rescorer.top(store.vectors, queries[qi], rows, len(rows))
                 out[qi] = best_entries_per_item(rows[pos][None, :], sc[None, :], store.slot_item, k)[0][0]
@@ -750,13 +772,18 @@ class ShardEngine:
         return out
 
     def _hits(self, slots: np.ndarray, scores: np.ndarray, include_vectors: bool) -> list[Hit]:
+        """Hit objects for the final top k only (columns read once per call, not per hit)."""
         store = self.store
+        slot_rec = store.slot_rec
         hits = []
-        for slot, score in zip(slots.tolist(), scores.tolist(), strict=True):
-            rec = store.item_by_code[int(store.slot_item[slot])]
-            eid = int(store.slot_entry[slot])
+        eids = store.slot_entry[slots].tolist()
+        for slot, eid, score in zip(slots.tolist(), eids, scores.tolist(), strict=True):
+            rec = slot_rec[slot]
+            assert rec is not None  # a live slot (the caller holds the read lock)
+            boxes = rec.boxes
+            box = boxes[0] if len(boxes) == 1 else store.entry_box(rec, eid)
             vec = np.asarray(store.vectors[slot], dtype="<f2").tobytes() if include_vectors else b""
-            hits.append(Hit(rec.item_id, eid, score, rec.metadata, store.entry_box(rec, eid), vec))
+            hits.append(Hit(rec.item_id, eid, score, rec.metadata, box, vec))
         return hits
 
     # ---- stats ------------------------------------------------------------------------------

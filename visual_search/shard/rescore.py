@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import faiss
 import numpy as np
@@ -34,6 +35,21 @@ def _shared_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+class _Scratch:
+    """One thread's fp16 scoring kernel: an IndexScalarQuantizer whose code memory is viewed as a
+    float16 (capacity, dim) numpy array, so rows gathered into it are what FAISS scans."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        # Any: search_c (FAISS's C entry point, no wrapper checks) is not in the type stubs
+        self.index: Any = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        nbytes = capacity * dim * 2
+        self.index.codes.resize(nbytes)
+        self.buf = faiss.rev_swig_ptr(self.index.codes.data(), nbytes).view(np.float16).reshape(capacity, dim)
+        self.capacity = capacity
+
+
 class Rescorer:
     """Scratch fp16 scoring kernels, one per thread (searches run concurrently)."""
 
@@ -41,19 +57,12 @@ class Rescorer:
         self.dim = dim
         self._local = threading.local()
 
-    def _scratch(self, rows: int) -> tuple[faiss.IndexScalarQuantizer, np.ndarray]:
-        loc = self._local
-        if rows > getattr(loc, "capacity", 0):
-            cap = max(rows, 2 * getattr(loc, "capacity", 0), _MIN_ROWS)
-            index = faiss.IndexScalarQuantizer(
-                self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-            )
-            nbytes = cap * self.dim * 2
-            index.codes.resize(nbytes)
-            # A numpy view of the index's own code memory: gathers land where FAISS reads them.
-            buf = faiss.rev_swig_ptr(index.codes.data(), nbytes).view(np.float16).reshape(cap, self.dim)
-            loc.index, loc.buf, loc.capacity = index, buf, cap
-        return loc.index, loc.buf
+    def _scratch(self, rows: int) -> _Scratch:
+        sc: _Scratch | None = getattr(self._local, "scratch", None)
+        if sc is None or rows > sc.capacity:
+            cap = max(rows, 2 * sc.capacity if sc is not None else 0, _MIN_ROWS)
+            sc = self._local.scratch = _Scratch(self.dim, cap)
+        return sc
 
     def top(
         self, vectors: np.ndarray, query: np.ndarray, slots: np.ndarray, take: int
@@ -61,19 +70,84 @@ class Rescorer:
         """Exact inner products of `query` with the float16 rows `vectors[slots]`; the best
         min(take, len(slots)) as (positions into `slots`, scores), best first."""
         m = len(slots)
-        index, buf = self._scratch(m)
-        np.take(vectors, slots, axis=0, out=buf[:m])
-        index.ntotal = m
+        take = min(take, m)
+        sc = self._scratch(m)
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        scores = np.empty((1, take), dtype=np.float32)
+        pos = np.empty((1, take), dtype=np.int64)
         # IndexScalarQuantizer.search opens an OpenMP team even for one query; on a loaded host the
         # idle team member's barrier costs milliseconds, so score on this thread alone.
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            scores, pos = index.search(q, min(take, m))
+            np.take(vectors, slots, axis=0, out=sc.buf[:m])
+            sc.index.ntotal = m
+            sc.index.search_c(1, faiss.swig_ptr(q), take, faiss.swig_ptr(scores), faiss.swig_ptr(pos))
         finally:
             faiss.omp_set_num_threads(threads)
         return pos[0], scores[0]
+
+    def top_dense(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        slots: np.ndarray,
+        take: int,
+        stop: Callable[[], bool] | None = None,
+        workers: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every query with the same number of candidates, all valid (`slots` is (queries, m), no
+        padding): the best min(take, m) per query as (slots, scores) of shape (queries, take), best
+        first. Per query: one np.take into the scratch and one FAISS call writing straight into the
+        output rows; big batches split over `workers` threads (both release the GIL). None if
+        `stop()` fired (checked every 16 queries)."""
+        nq, m = slots.shape
+        take = min(take, m)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = np.empty((nq, take), dtype=np.float32)
+        pos = np.empty((nq, take), dtype=np.int64)
+        if nq == 1:  # batch 1 (the common case): no closure, no pool, fewest calls
+            sc = self._scratch(m)
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # see top()
+            try:
+                np.take(vectors, slots[0], axis=0, out=sc.buf[:m])
+                sc.index.ntotal = m
+                sc.index.search_c(1, faiss.swig_ptr(q), take, faiss.swig_ptr(scores), faiss.swig_ptr(pos))
+            finally:
+                faiss.omp_set_num_threads(threads)
+            return slots[0].take(pos[0])[None, :], scores
+
+        def run(a: int, b: int) -> bool:
+            sc = self._scratch(m)
+            buf, index = sc.buf[:m], sc.index
+            index.ntotal = m
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # see top()
+            try:
+                for qi in range(a, b):
+                    if stop is not None and (qi - a) % 16 == 15 and stop():
+                        return False
+                    np.take(vectors, slots[qi], axis=0, out=buf)
+                    index.search_c(
+                        1, faiss.swig_ptr(q[qi]), take, faiss.swig_ptr(scores[qi]), faiss.swig_ptr(pos[qi])
+                    )
+            finally:
+                faiss.omp_set_num_threads(threads)
+            return True
+
+        workers = max(1, min(workers, nq // (_PARALLEL_MIN_QUERIES // 2)))
+        if workers == 1:
+            ok = run(0, nq)
+        else:
+            bounds = np.linspace(0, nq, workers + 1).astype(int)
+            futures = [
+                _shared_pool(workers - 1).submit(run, int(bounds[w]), int(bounds[w + 1]))
+                for w in range(1, workers)
+            ]
+            ok = run(0, int(bounds[1]))
+            ok = all([f.result() for f in futures]) and ok
+        return (np.take_along_axis(slots, pos, axis=1), scores) if ok else None
 
     def top_batch(
         self,
