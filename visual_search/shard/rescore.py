@@ -136,17 +136,7 @@ class Rescorer:
                 faiss.omp_set_num_threads(threads)
             return True
 
-        workers = max(1, min(workers, nq // (_PARALLEL_MIN_QUERIES // 2)))
-        if workers == 1:
-            ok = run(0, nq)
-        else:
-            bounds = np.linspace(0, nq, workers + 1).astype(int)
-            futures = [
-                _shared_pool(workers - 1).submit(run, int(bounds[w]), int(bounds[w + 1]))
-                for w in range(1, workers)
-            ]
-            ok = run(0, int(bounds[1]))
-            ok = all([f.result() for f in futures]) and ok
+        ok = _run_split(run, nq, workers)
         return (np.take_along_axis(slots, pos, axis=1), scores) if ok else None
 
     def top_batch(
@@ -177,18 +167,22 @@ class Rescorer:
                     top_scores[qi, : len(pos)] = sc
             return True
 
-        workers = max(1, min(workers, nq // (_PARALLEL_MIN_QUERIES // 2)))
-        if workers == 1:
-            ok = run(0, nq)
-        else:
-            bounds = np.linspace(0, nq, workers + 1).astype(int)
-            futures = [
-                _shared_pool(workers - 1).submit(run, int(bounds[w]), int(bounds[w + 1]))
-                for w in range(1, workers)
-            ]
-            ok = run(0, int(bounds[1]))
-            ok = all([f.result() for f in futures]) and ok
+        ok = _run_split(run, nq, workers)
         return (top_slots, top_scores) if ok else None
+
+
+def _run_split(run: Callable[[int, int], bool], nq: int, workers: int) -> bool:
+    """run(a, b) over query ranges: this thread takes the first, the shared pool the others (big
+    batches only: fewer than _PARALLEL_MIN_QUERIES / 2 queries per worker is not worth a thread)."""
+    workers = max(1, min(workers, nq // (_PARALLEL_MIN_QUERIES // 2)))
+    if workers == 1:
+        return run(0, nq)
+    bounds = np.linspace(0, nq, workers + 1).astype(int)
+    futures = [
+        _shared_pool(workers - 1).submit(run, int(bounds[w]), int(bounds[w + 1])) for w in range(1, workers)
+    ]
+    ok = run(0, int(bounds[1]))
+    return all([f.result() for f in futures]) and ok
 
 
 def best_entries_per_item(
