@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from visual_search.bench.report import write_report
+from visual_search.eval.dataset import DEV_SETS as SETS
+from visual_search.eval.dataset import SHARED_DATA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
 BOX_IOU, DEFAULT_IOU = 0.5, 0.7
 
 
@@ -135,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", type=Path, default=REPO_ROOT / ".cache" / "detector_sizes")
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 480, 640])
     p.add_argument("--sets", nargs="+", default=list(SETS))
-    p.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
+    p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--encoder-precision", default="int8", choices=("fp32", "int8"))
     p.add_argument("--limit", type=int, default=0, help="query photos per set (0 = all)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "detector_size.json")

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from visual_search.bench.triton_stages import process_cpu
 from visual_search.triton import names as N
 from visual_search.triton.bench import _drive, _hardware, _images
 
@@ -102,18 +103,7 @@ POINTS = {p.name: p for p in GRID}
 
 def _group_cpu_s(pgid: int) -> float:
     """user+system CPU seconds of the live processes in a process group (tritonserver + stubs)."""
-    ticks = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if int(fields[2]) == pgid:  # state ppid pgrp ... utime(11) stime(12)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / _TICK
+    return sum(cpu for _, cpu in process_cpu(pgid).values())
 
 
 def _machine_busy_s() -> float:

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
-_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from visual_search.eval.dataset import DEV_SETS, SHARED_DATA, load_manifest, split
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +16,6 @@ def run(args: argparse.Namespace) -> int:
     from visual_search import models
     from visual_search.bench.report import hardware, write_report
     from visual_search.eval import calibrate as F
-    from visual_search.eval.dataset import load_manifest, split
     from visual_search.preprocess import decode_image
     from visual_search.reference import ReferencePipeline
 
@@ -28,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     report: dict[str, Any] = {
         "benchmark": "calibration", "what": "`vsearch calibrate`: the 'no close match' threshold, fitted "
-        "on the dev sets' out-of-catalog top-1 scores; cross-set rows fit on the other sets",
+        "on the dev sets' correct top-1 vs out-of-catalog top-1 scores (rule below); cross-set rows fit "
+        "on the other sets",
         "arguments": {k: v for k, v in vars(args).items() if k != "func"}, "hardware": hardware(),
         "rule": F.RULE, "by_precision": {},
     }
@@ -75,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate", help="fit the 'no close match' score threshold on the labeled dev sets",
         description=__doc__ + " How it is fitted: visual_search/eval/calibrate.py.",
     )
-    p.add_argument("--data", default=str(_SHARED_DATA), help="folder holding <set>/manifest.csv")
-    p.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma-separated set names (>= 2)")
+    p.add_argument("--data", default=str(SHARED_DATA), help="folder holding <set>/manifest.csv")
+    p.add_argument("--sets", default=",".join(DEV_SETS), help="comma-separated set names (>= 2)")
     p.add_argument("--precision", choices=("int8", "fp32", "both"), default="both")
     p.add_argument("--probe", default=str(Path(__file__).resolve().parents[2] / "tests" / "data" / "bus.jpg"),
                    help="a photo whose best score against each dev catalog is reported ('' = none)")

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("catalog", "query")
+# The labeled development sets (three domains) and where they live: ../shared/data beside the repo.
+DEV_SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @dataclass(frozen=True)

@@ -102,21 +102,13 @@ class Rescorer:
         output rows; big batches split over `workers` threads (both release the GIL). None if
         `stop()` fired (checked every 16 queries)."""
         nq, m = slots.shape
+        if nq == 1:  # batch 1 (the common case): no closure, no pool, fewest calls
+            p, s = self.top(vectors, queries[0], slots[0], take)
+            return slots[0].take(p)[None, :], s[None, :]
         take = min(take, m)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scores = np.empty((nq, take), dtype=np.float32)
         pos = np.empty((nq, take), dtype=np.int64)
-        if nq == 1:  # batch 1 (the common case): no closure, no pool, fewest calls
-            sc = self._scratch(m)
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)  # see top()
-            try:
-                np.take(vectors, slots[0], axis=0, out=sc.buf[:m])
-                sc.index.ntotal = m
-                sc.index.search_c(1, faiss.swig_ptr(q), take, faiss.swig_ptr(scores), faiss.swig_ptr(pos))
-            finally:
-                faiss.omp_set_num_threads(threads)
-            return slots[0].take(pos[0])[None, :], scores
 
         def run(a: int, b: int) -> bool:
             sc = self._scratch(m)
