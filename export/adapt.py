@@ -94,8 +94,10 @@ def _export(model: crossset.Model, out: Path, base_meta: dict[str, str], photos:
     from export.build import HEAD, _check_encoder_parity
 
     torch.set_num_threads(2)
-    version = encoder.model_version(HEAD, encoder.weights_sha256(), model.proj, model.scales, trained=True)
-    net = encoder.Encoder(encoder.backbone(model.scales), HEAD, model.proj)
+    version = encoder.model_version(HEAD, encoder.weights_sha256(), model.proj, model.scales, trained=True,
+                                    per_block=model.per_block)
+    net = encoder.Encoder(encoder.backbone(model.scales), HEAD, model.proj,
+                          block=encoder.BLOCK if model.per_block else None)
     dst = out / "encoder_fp32.onnx"
     encoder.export_onnx(net, dst)
     meta = dict(base_meta)

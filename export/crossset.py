@@ -2,20 +2,21 @@
 
     python -m export.crossset [--out benchmarks/eval.json]      (run by `vsearch eval --protocol crossset`)
 
-For each labeled set S of ../shared/data (three domains), everything fitted (backbone scales, PCA,
-self-supervised head, query strategy) is fitted on catalog photos of:
-- "in-set":    all sets, S included (the optimistic number the dev sets used to report);
+For each labeled set S of ../shared/data (three domains), the shipped recipe (export/build.py:
+each backbone's GeM L2-normalised, uncentred PCA to EMBEDDING_DIM; the only thing fitted) is fitted
+on catalog photos and their detected objects of:
+- "in-set":    all sets, S included (what artifacts/models ships; optimistic for S);
 - "cross-set": the other two sets only (what a customer's unseen catalog gets);
 - "adapt":     the cross-set model, then `vsearch adapt`'s recipe on S's catalog photos (no labels,
-               no queries) - what a customer gets after adapting to their own catalog;
+               no queries): the projection trained self-supervised (export/head.py);
 and scored on S's queries against S's catalog (catalog = whole photo + detected objects, item score
 = best entry, exact cosine, as the shards answer). "shipped" is the artifacts/models encoder as it
 is (its fit sets are listed on the row). Baseline in the same run: ImageNet MobileNetV2, global
 average pool, whole images, exact cosine. FP32 in-process: the float16 ONNX output and INT8 / IVF-PQ
 losses are measured by `vsearch eval` (served rows), not here.
-Candidate recipes (not shipped; `PerBlockModel`): each backbone's GeM L2-normalised and concatenated,
-with nothing fitted (2560-d) or an uncentered PCA to 256/512/1024 fitted on the other sets' catalog
-entries - what a shipped default that generalises would look like, and at what embedding size.
+Comparison rows, same run: "previous-recipe-*" = the encoder shipped before (median-norm backbone
+scales, centred PCA, self-supervised head; fitted on the other two sets; then adapted); per-block
+L2 GeM with nothing fitted (2560-d) and uncentred PCA to 256 / 512 (smaller embeddings).
 Query strategies: the default box (most salient query-side detection, as served), the whole
 image, and both (item score = max, or mean, of the two query vectors' scores). "chosen" picks, per
 scored set, the strategy with the best mean cross-set mAP over the *other* sets' folds.
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from export import head
-from export.encoder import Projection, fit_pca
+from export.encoder import BLOCK, PER_BLOCK_TAG, Projection, fit_pca, fit_uncentered_pca, per_block_l2
 from export.env import ARTIFACTS, DATASETS, REPO, SHARED
 from export.features import SetFeatures, cached
 from visual_search.eval import metrics as M
@@ -43,21 +44,23 @@ from visual_search.eval import metrics as M
 SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
 CACHE_ROOT = REPO / ".cache" / "crossset"
 STRATEGIES = ("box", "whole", "max", "mean")
-CANDIDATE_DIMS = (256, 512, 1024)  # uncentered-PCA candidates (EMBEDDING_DIM is 256 today)
+CANDIDATE_DIMS = (256, 512)  # smaller uncentered-PCA sizes than the shipped EMBEDDING_DIM
 SHOWN = ("map", "hit@1", "ndcg@10", "mrr")
 
 
 @dataclass
 class Model:
-    """Everything after the backbones: per-backbone scales and the 2560 -> 256 projection."""
+    """Everything after the backbones: per-backbone scales (or per-block L2) and the 2560 -> D
+    projection."""
 
     scales: tuple[float, float]
     proj: Projection
     fitted_on: list[str]
     recipe: str
+    per_block: bool = False  # each backbone's GeM L2-normalised (scales are then 1)
 
     def vectors(self, f: SetFeatures, rows: np.ndarray) -> np.ndarray:
-        g = f.gem[rows] / self.channel_scale_inv()
+        g = per_block_l2(f.gem[rows]) if self.per_block else f.gem[rows] / self.channel_scale_inv()
         return self.proj.apply(g).astype(np.float32)
 
     def channel_scale_inv(self) -> np.ndarray:
@@ -65,15 +68,6 @@ class Model:
 
     def channel_scale(self) -> np.ndarray:
         return 1.0 / self.channel_scale_inv()
-
-
-def per_block_l2(g: np.ndarray) -> np.ndarray:
-    """Each backbone's GeM (MobileNetV2 | Lite0) L2-normalised, concatenated, L2-normalised: the two
-    backbones weigh equally with nothing fitted (the export recipe fits median-norm scales)."""
-    def l2(v: np.ndarray) -> np.ndarray:
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-    return l2(np.hstack([l2(g[:, :1280]), l2(g[:, 1280:])])).astype(np.float32)
 
 
 @dataclass
@@ -98,9 +92,20 @@ def fit_per_block(sets: dict[str, SetFeatures], names: list[str], dim: int | Non
     """Uncentered PCA on every catalog entry (photos and detected objects) of `names`."""
     if dim is None:
         return PerBlockModel(None, [], "per-block L2 GeM, 2560-d, nothing fitted")
-    g = np.concatenate([per_block_l2(sets[n].gem[np.flatnonzero(sets[n].map_row >= 0)]) for n in names])
-    _, _, vt = np.linalg.svd(g.astype(np.float64), full_matrices=False)
-    return PerBlockModel(vt[:dim].astype(np.float32), list(names), f"per-block L2 GeM + uncentered PCA {dim}")
+    return PerBlockModel(fit_uncentered_pca(catalog_units(sets, names), dim).components, list(names),
+                         f"per-block L2 GeM + uncentered PCA {dim}")
+
+
+def catalog_units(sets: dict[str, SetFeatures], names: list[str]) -> np.ndarray:
+    """Per-block L2 descriptors of every catalog entry (photos and detected objects) of `names`."""
+    return np.concatenate([per_block_l2(sets[n].gem[np.flatnonzero(sets[n].map_row >= 0)]) for n in names])
+
+
+def fit_shipped(sets: dict[str, SetFeatures], names: list[str]) -> Model:
+    """The shipped recipe (export/build.py) fitted on the catalog entries of `names` only."""
+    proj = fit_uncentered_pca(catalog_units(sets, names))
+    recipe = f"per-block L2 GeM + uncentered PCA {proj.components.shape[0]}"
+    return Model((1.0, 1.0), proj, list(names), recipe, per_block=True)
 
 
 def load_sets() -> dict[str, SetFeatures]:
@@ -131,14 +136,19 @@ def _catalog_whole(f: SetFeatures) -> np.ndarray:
     return np.flatnonzero((f.kind == "whole") & (f.map_row >= 0))
 
 
-def fit(sets: dict[str, SetFeatures], names: list[str], trained: bool = True) -> Model:
-    """The export recipe (export/build.py) fitted on the catalog photos of `names` only."""
+PREVIOUS_DIM = 256  # the previous recipe's embedding size, as it shipped
+
+
+def fit(sets: dict[str, SetFeatures], names: list[str], trained: bool = True,
+        dim: int = PREVIOUS_DIM) -> Model:
+    """The previous export recipe (scales + centred PCA + trained head) fitted on the catalog photos of
+    `names` only."""
     whole = [sets[n].gem[_catalog_whole(sets[n])] for n in names]
     g = np.concatenate(whole)
     scales = (float(np.median(np.linalg.norm(g[:, :1280], axis=1))),
               float(np.median(np.linalg.norm(g[:, 1280:], axis=1))))
     inv = np.repeat(np.asarray(scales, np.float32), 1280)
-    proj = fit_pca(g / inv)
+    proj = fit_pca(g / inv, dim)
     if trained:
         groups: list[list[int]] = []
         off = 0
@@ -158,9 +168,10 @@ def adapt(base: Model, f: SetFeatures, steps: int = ADAPT_STEPS,
     """`vsearch adapt`'s recipe: the base model's head trained further on one catalog's photos and
     their detected objects (self-supervised; scales kept, so the backbone graph is unchanged)."""
     proj = head.train(windows(f), f.catalog_groups(), base.proj, steps=steps,
-                      channel_scale=base.channel_scale(), progress=progress)
+                      channel_scale=None if base.per_block else base.channel_scale(), progress=progress,
+                      block=BLOCK if base.per_block else None)
     return Model(base.scales, proj, base.fitted_on + ["(adapted, unlabeled)"],
-                 base.recipe + f" + adapt {steps}")
+                 base.recipe + f" + adapt {steps}", base.per_block)
 
 
 def shipped_model(path: Path | None = None) -> Model:
@@ -174,11 +185,15 @@ def shipped_model(path: Path | None = None) -> Model:
     m = onnx.load(str(path or ARTIFACTS / "encoder_fp32.onnx"))
     meta = {p.key: p.value for p in m.metadata_props}
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    mean = next(v for v in inits.values() if v.shape == (2560,) and v.dtype == np.float32)
-    comps = next(v for v in inits.values() if v.shape == (2560, 256))
+    dim = int(meta.get("embedding_dim", 256))
+    mean = next((v for v in inits.values() if v.shape == (2560,) and v.dtype == np.float32),
+                np.zeros(2560, np.float32))  # an all-zero mean (uncentred PCA) may be folded away
+    comps = next(v for v in inits.values() if v.shape == (2560, dim))
+    fitted = meta.get("projection_fit_sets", ",".join(DATASETS)).split(",")
     return Model(parse_scales(meta["backbone_scales"]),
                  Projection(mean.astype(np.float32), np.ascontiguousarray(comps.T).astype(np.float32)),
-                 list(DATASETS), f"shipped {meta['model_version']}")
+                 fitted, f"shipped {meta['model_version']}",
+                 per_block=meta.get("normalisation", "") == PER_BLOCK_TAG)
 
 
 def _item_scores(q: np.ndarray, cat: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -246,7 +261,7 @@ def run(out_path: Path | None, adapt_steps: int = ADAPT_STEPS) -> dict[str, Any]
     timing: dict[str, float] = {"features_s": round(t_feat, 1)}
     shipped = shipped_model()
     t = time.monotonic()
-    in_set = fit(sets, list(SETS))
+    in_set = fit_shipped(sets, list(SETS))
     timing["fit_in_set_s"] = round(time.monotonic() - t, 1)
     cross_map: dict[str, dict[str, float]] = {}
     for name in SETS:
@@ -255,16 +270,17 @@ def run(out_path: Path | None, adapt_steps: int = ADAPT_STEPS) -> dict[str, Any]
         rows.append(_row(name, "baseline", None, "whole", base, catalog="whole"))
         others = [n for n in SETS if n != name]
         t = time.monotonic()
-        cross = fit(sets, others)
+        cross = fit_shipped(sets, others)
         timing[f"fit_cross_{name}_s"] = round(time.monotonic() - t, 1)
-        cross_pca = fit(sets, others, trained=False)
         t = time.monotonic()
         adapted = adapt(cross, f, adapt_steps)
         timing[f"adapt_{name}_s"] = round(time.monotonic() - t, 1)
+        prev = fit(sets, others)  # the previous recipe (scales + centred PCA + trained head)
         seen = name in shipped.fitted_on
         models: tuple[tuple[str, Model | PerBlockModel], ...] = (
-            ("in-set", in_set), ("cross-set", cross), ("cross-set-pca-only", cross_pca),
-            ("adapt", adapted), ("shipped-" + ("in-set" if seen else "cross-set"), shipped),
+            ("in-set", in_set), ("cross-set", cross), ("adapt", adapted),
+            ("shipped-" + ("in-set" if seen else "cross-set"), shipped),
+            ("previous-recipe-cross-set", prev), ("previous-recipe-adapt", adapt(prev, f, adapt_steps)),
             ("cross-set-fit-free-2560", fit_per_block(sets, others, None)),
             *((f"cross-set-uncentered-pca-{d}", fit_per_block(sets, others, d)) for d in CANDIDATE_DIMS),
         )

@@ -1,4 +1,9 @@
-"""Encoder: MobileNetV2 + EfficientNet-Lite0 (ImageNet) -> GeM -> 256-d projection -> L2 -> float16.
+"""Encoder: MobileNetV2 + EfficientNet-Lite0 (ImageNet) -> GeM -> projection -> L2 -> float16.
+
+Shipped recipe (export/build.py): each backbone's GeM L2-normalised on its own, then an uncentred
+PCA to EMBEDDING_DIM fitted on the catalog photos and objects of the three dev sets - the recipe
+that beat the plain baseline on sets it never saw (benchmarks/eval.json "crossset"). The earlier
+recipe (median-norm scales, centred PCA, self-supervised head) is kept for comparison and adapt.
 
 Everything after the pixels lives inside the ONNX graph so that every consumer (Triton CPU/GPU,
 TensorRT, tests) gets the same normalised float16 embedding with no Python post-processing.
@@ -217,17 +222,48 @@ def fit_pca(feats: np.ndarray, dim: int = C.EMBEDDING_DIM) -> Projection:
     return Projection(mean.astype(np.float32), comps.astype(np.float32))
 
 
-class Encoder(nn.Module):
-    """pixels [B,3,224,224] float32 -> embedding [B,256] float16, unit L2 norm."""
+BLOCK = 1280  # channels per backbone in the concatenated descriptor (MobileNetV2 | Lite0)
+PER_BLOCK_TAG = "per-backbone L2"  # the `normalisation` metadata value of per-block encoders
 
-    def __init__(self, features: nn.Module, head: Head, proj: Projection) -> None:
+
+def per_block_l2(g: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Each backbone's GeM L2-normalised on its own, concatenated, L2-normalised: the backbones
+    weigh equally with nothing fitted (no median-norm scales that depend on the fit domain)."""
+    def l2(v: np.ndarray) -> np.ndarray:
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    return l2(np.hstack([l2(g[:, i : i + block]) for i in range(0, g.shape[1], block)])).astype(np.float32)
+
+
+def fit_uncentered_pca(unit: np.ndarray, dim: int = C.EMBEDDING_DIM) -> Projection:
+    """PCA without centring (an SVD of the raw unit descriptors): the direction every descriptor
+    shares is kept instead of being subtracted as the fit domain's mean, which is what made the
+    centred PCA + head lose to the plain baseline on unseen domains (benchmarks/eval.json
+    "crossset"). Signs fixed by each component's largest entry (deterministic)."""
+    _, _, vt = np.linalg.svd(unit.astype(np.float64), full_matrices=False)
+    comps = vt[:dim]
+    signs = np.sign(comps[np.arange(dim), np.abs(comps).argmax(1)])
+    comps *= signs[:, None]
+    return Projection(np.zeros(unit.shape[1], np.float32), comps.astype(np.float32))
+
+
+class Encoder(nn.Module):
+    """pixels [B,3,224,224] float32 -> embedding [B,EMBEDDING_DIM] float16, unit L2 norm.
+
+    block: when set, each backbone's pooled descriptor (`block` channels) is L2-normalised on its
+    own before the projection (the per-block recipe; the scales are then 1)."""
+
+    def __init__(self, features: nn.Module, head: Head, proj: Projection, block: int | None = None) -> None:
         super().__init__()
-        self.features, self.head = features, head
+        self.features, self.head, self.block = features, head, block
         self.register_buffer("mean", torch.from_numpy(proj.mean))
         self.register_buffer("proj", torch.from_numpy(np.ascontiguousarray(proj.components.T)))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        f = nn.functional.normalize(self.head(self.features, pixels), dim=1)
+        f = self.head(self.features, pixels)
+        if self.block is not None:
+            f = torch.cat([nn.functional.normalize(p, dim=1) for p in f.split(self.block, dim=1)], 1)
+        f = nn.functional.normalize(f, dim=1)
         y = nn.functional.normalize((f - self.mean) @ self.proj, dim=1)
         return y.to(torch.float16)
 
@@ -255,9 +291,12 @@ def export_onnx(model: Encoder, dst: Path) -> None:
 
 
 def model_version(head: Head, weights_sha256: str, proj: Projection, scales: tuple[float, float],
-                  trained: bool = False) -> str:
-    """Embedding model version stamped on shards: changes whenever weights, head, scales or
-    projection change."""
-    h = hashlib.sha256(f"{weights_sha256}:{head.name}:{scales}:{proj.digest()}".encode()).hexdigest()[:8]
+                  trained: bool = False, per_block: bool = False) -> str:
+    """Embedding model version stamped on shards: changes whenever weights, head, scales,
+    normalisation or projection change."""
+    key = f"{weights_sha256}:{head.name}:{scales}:{proj.digest()}" + (":per-block" if per_block else "")
+    h = hashlib.sha256(key.encode()).hexdigest()[:8]
     proj_tag = "sslh" if trained else "pca"  # self-supervised trained head vs plain PCA
+    if per_block:
+        proj_tag = "pb-" + ("sslh" if trained else "upca")  # per-block L2, uncentred PCA
     return f"mnv2l0-{head.pooling}-{proj_tag}{C.EMBEDDING_DIM}-{h}"

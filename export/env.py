@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO / ".." / "shared").resolve()
 ARTIFACTS = REPO / C.ARTIFACTS_DIR
 BENCHMARKS = REPO / "benchmarks"
-DATASETS = ("oxford_pets_dogs", "grocery_packages_dev")
+DATASETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
 DETECTOR_WEIGHTS = SHARED / "models" / "yolo11n_dequant.pt"
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

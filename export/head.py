@@ -75,11 +75,13 @@ class WindowGeM:
 
 def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: int = STEPS,
           channel_scale: np.ndarray | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Projection:
+          progress: Callable[[int, int], None] | None = None, block: int | None = None) -> Projection:
     """fmaps [N,D,7,7] of catalog entries (any array-like indexable by entry: float16 memmaps are
     read window by window, so memory stays bounded); groups = entry indices per catalog photo;
     channel_scale [D] multiplies the maps (backbone scales); init = the starting projection (PCA,
-    or an already trained head when adapting to a new catalog)."""
+    or an already trained head when adapting to a new catalog); block: each run of `block` channels
+    (one backbone's GeM) is L2-normalised on its own before the projection, as the per-block encoder
+    does (export/encoder.py)."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     side = int(fmaps[0].shape[-1])
@@ -106,6 +108,8 @@ def train(fmaps: Any, groups: Sequence[Sequence[int]], init: Projection, steps: 
         return torch.stack(out)
 
     def head(x: torch.Tensor) -> torch.Tensor:
+        if block is not None:
+            x = torch.cat([torch.nn.functional.normalize(p, dim=1) for p in x.split(block, dim=1)], 1)
         x = torch.nn.functional.normalize(x, dim=1)
         return torch.nn.functional.normalize((x - mean) @ w, dim=1)
 

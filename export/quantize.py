@@ -104,12 +104,12 @@ def quantize(src: Path, dst: Path, input_name: str, batches: list[np.ndarray], r
 
 
 def build_all(root: Path, files: dict[str, str], metas: dict[str, dict[str, str]], calib: list[Path],
-              calib_hash: str) -> dict[str, dict[str, str]]:
-    """Quantise both FP32 artifacts; the INT8 encoder gets its own embedding model version."""
+              calib_hash: str, roles: tuple[str, ...] = ("detector", "encoder")) -> dict[str, dict[str, str]]:
+    """Quantise the FP32 artifacts of `roles`; the INT8 encoder gets its own embedding model version."""
     out: dict[str, dict[str, str]] = {}
     jobs = (("detector", C.DETECTOR_INPUT_NAME, DETECTOR_RECIPE),
             ("encoder", C.ENCODER_INPUT_NAME, ENCODER_RECIPE))
-    for role, inp, recipe in jobs:
+    for role, inp, recipe in (j for j in jobs if j[0] in roles):
         src, dst = root / files[f"{role}_fp32"], root / files[f"{role}_int8"]
         quantize(src, dst, inp, calibration_batches(role, calib), recipe)
         meta = dict(metas[f"{role}_fp32"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 # ---- embeddings ---------------------------------------------------------------------------
-EMBEDDING_DIM: Final = 256
+EMBEDDING_DIM: Final = 1024
 EMBEDDING_DTYPE: Final = "float16"  # on the wire (bytes, little-endian) and in the re-score store
 # Vectors whose L2 norm is farther than this from 1 are refused (callers must send normalised
 # vectors); within it they are re-normalised. See visual_search/shard/validation.py.

@@ -18,8 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.gateway.conftest import MODEL, Cluster
 from tests.gateway.slowproxy import SlowProxy
 from visual_search import client as vc
+from visual_search import contract
 from visual_search.gateway.process import GatewayProcess, metric_value
 from visual_search.v1 import search_pb2, search_pb2_grpc
+
+D = contract.EMBEDDING_DIM
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +92,12 @@ def test_business_rerank_boosts_the_users_region(cluster: Cluster, client: vc.Cl
     ("query", "code", "text"),
     [
         (
-            dict(vector=np.ones(256) / 16, model_version="other-model", k=5),
+            dict(vector=np.ones(D) / np.sqrt(D), model_version="other-model", k=5),
             grpc.StatusCode.FAILED_PRECONDITION,
             "other-model",
         ),
         (
-            dict(vector=np.ones(256) / 16, model_version="", k=5),
+            dict(vector=np.ones(D) / np.sqrt(D), model_version="", k=5),
             grpc.StatusCode.INVALID_ARGUMENT,
             "model_version",
         ),
@@ -104,11 +107,11 @@ def test_business_rerank_boosts_the_users_region(cluster: Cluster, client: vc.Cl
             "bytes",
         ),
         (
-            dict(vector=np.full(256, np.nan), model_version=MODEL, k=5),
+            dict(vector=np.full(D, np.nan), model_version=MODEL, k=5),
             grpc.StatusCode.INVALID_ARGUMENT,
             "NaN",
         ),
-        (dict(vector=np.ones(256), model_version=MODEL, k=5), grpc.StatusCode.INVALID_ARGUMENT, "norm"),
+        (dict(vector=np.ones(D), model_version=MODEL, k=5), grpc.StatusCode.INVALID_ARGUMENT, "norm"),
         (dict(item_id="item0001", k=0), grpc.StatusCode.INVALID_ARGUMENT, "k=0"),
         (dict(item_id="item0001", k=100_000), grpc.StatusCode.INVALID_ARGUMENT, "k=100000"),
         (dict(item_id="no-such-item", k=5), grpc.StatusCode.NOT_FOUND, "no-such-item"),

@@ -20,6 +20,8 @@ from visual_search.shard.process import ShardProcess
 from visual_search.supervise import free_port
 from visual_search.v1 import shard_pb2 as pb
 
+DIM = contract.EMBEDDING_DIM
+
 ARGS = ["--faiss-threads", "1", "--pq-bits", "4", "--train-threshold", "100000", "--grace", "2"]
 
 
@@ -79,7 +81,7 @@ def _good_q() -> pb.QueryVector:
 
 BAD_SEARCHES = {
     "nan": (
-        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[float("nan")] * 256)], k=5, model_version=MODEL),
+        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[float("nan")] * DIM)], k=5, model_version=MODEL),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "inf": (
@@ -97,11 +99,11 @@ BAD_SEARCHES = {
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "zero": (
-        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[0.0] * 256)], k=5, model_version=MODEL),
+        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[0.0] * DIM)], k=5, model_version=MODEL),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "not_normalised": (
-        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[0.5] * 256)], k=5, model_version=MODEL),
+        pb.SearchRequest(queries=[pb.QueryVector(vector_f32=[0.5] * DIM)], k=5, model_version=MODEL),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "k0": (pb.SearchRequest(queries=[_good_q()], k=0, model_version=MODEL), grpc.StatusCode.INVALID_ARGUMENT),
@@ -193,7 +195,7 @@ def test_bad_upserts_write_nothing(shard: ShardProcess) -> None:
         "dup_item": [good, make_item("bad-batch-good", v[1])],
         "nan_vec": [
             good,
-            pb.Item(item_id="x", entries=[pb.Entry(entry_id=1, vector_f32=[float("nan")] * 256)]),
+            pb.Item(item_id="x", entries=[pb.Entry(entry_id=1, vector_f32=[float("nan")] * DIM)]),
         ],
         "no_entries": [good, pb.Item(item_id="y")],
         "empty_id": [pb.Item(item_id="", entries=good.entries)],
@@ -225,7 +227,7 @@ _vec = st.one_of(
     st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0, max_size=300),
     st.builds(
         lambda n, s: (unit_vectors(1, seed=s)[0][:n]).tolist(),
-        st.sampled_from([256, 255, 257]),
+        st.sampled_from([contract.EMBEDDING_DIM, contract.EMBEDDING_DIM - 1, contract.EMBEDDING_DIM + 1]),
         st.integers(0, 50),
     ),
 )

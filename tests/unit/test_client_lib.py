@@ -8,11 +8,12 @@ import vsearch_client
 from vsearch_client.v1 import search_pb2
 
 from visual_search import client as vc
+from visual_search import contract
 
 
 def test_vector_bytes_without_numpy_match_numpy() -> None:
     """Lists are packed without numpy, rounding like numpy's float32 -> float16 path."""
-    v = np.random.default_rng(3).standard_normal(256).astype(np.float32)
+    v = np.random.default_rng(3).standard_normal(contract.EMBEDDING_DIM).astype(np.float32)
     v /= np.linalg.norm(v)
     want = v.astype("<f2").tobytes()
     assert vsearch_client.vector_f16(v) == want

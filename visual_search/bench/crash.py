@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visual_search import contract
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("crash", help="SIGKILL-during-ingest durability test")
@@ -105,7 +107,7 @@ def _writer(
                 names.append(f"it-{counter[0]}")
                 counter[0] += 1
         names = list(dict.fromkeys(names))
-        v = rng.standard_normal((len(names), 256)).astype(np.float32)
+        v = rng.standard_normal((len(names), contract.EMBEDDING_DIM)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         blobs = [x.astype("<f2").tobytes() for x in v]
         items = [
@@ -300,7 +302,7 @@ def _preload(writer: ReplicatedWriter, ledger: Ledger, n: int, model: str, seed:
 
     rng = np.random.default_rng(seed + 1)
     for a in range(0, n, 1000):
-        v = rng.standard_normal((min(1000, n - a), 256)).astype(np.float32)
+        v = rng.standard_normal((min(1000, n - a), contract.EMBEDDING_DIM)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         blobs = {f"pre-{a + i}": x.astype("<f2").tobytes() for i, x in enumerate(v)}
         items = [

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     photos = [p.read_bytes() for _, p, _ in list(iter_source(DEFAULT_MANIFEST, "query"))[: args.photos]]
     photos.append((REPO_ROOT / "tests" / "data" / "bus.jpg").read_bytes())
     rng = np.random.default_rng(1)
-    qvecs = rng.standard_normal((256, 256)).astype(np.float32)
+    qvecs = rng.standard_normal((256, contract.EMBEDDING_DIM)).astype(np.float32)
     qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
     results: dict[str, Any] = {"photo_queries": [], "vector_queries": []}
     if args.baseline:

@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from visual_search.eval import metrics as M
+from visual_search.eval.dataset import DEV_SETS, SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MANIFESTS = [
-    REPO.parent / "shared" / "data" / "oxford_pets_dogs" / "manifest.csv",
-    REPO.parent / "shared" / "data" / "grocery_packages_dev" / "manifest.csv",
-]
+DEFAULT_MANIFESTS = [SHARED_DATA / name / "manifest.csv" for name in DEV_SETS]
 SHOWN = ("map", "hit@1", "ndcg@10", "recall@10", "max_recall@10", "mrr")
 SWEEP_NPROBE = (1, 8)
 SWEEP_RESCORE = (10, 100, 1000)
