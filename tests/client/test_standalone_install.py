@@ -103,7 +103,10 @@ def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def _brute_force(vectors: dict[str, np.ndarray], q: np.ndarray, k: int, exclude: str = "") -> list[str]:
     ids_ = [i for i in vectors if i != exclude]
-    scores = np.stack([vectors[i] for i in ids_]) @ q
+    def f16(x: np.ndarray) -> np.ndarray:  # what the shards store and the gateway sends
+        return x.astype(np.float16).astype(np.float32)
+
+    scores = f16(np.stack([vectors[i] for i in ids_])) @ f16(q)
     return [ids_[j] for j in np.argsort(-scores)[:k]]
 
 

@@ -63,6 +63,17 @@ def _toy_set(name: str, centre: int, rng: np.random.Generator) -> F.EmbeddedSet:
                          np.asarray(q_labels), np.asarray(c_labels))
 
 
+def test_a_query_with_two_vectors_scores_each_item_by_the_better_one() -> None:
+    """The served default query is max(default box, whole image): calibration must score it so."""
+    s = _toy_set("toy", 0, np.random.default_rng(3))
+    box, whole = s.queries[0], s.queries[-1]  # near label a's axis, near label b's axis
+    both = s.item_scores(np.stack([box, whole])[None])[0]
+    alone = s.item_scores(np.stack([box, whole]))  # [2, N]: each vector as its own query
+    np.testing.assert_allclose(both, alone.max(axis=0), rtol=1e-6)
+    assert both[s.c_labels == "a"].min() > alone[1][s.c_labels == "a"].max()  # not the min, not one side
+    assert both[s.c_labels == "b"].min() > alone[0][s.c_labels == "b"].max()
+
+
 def test_cross_set_rows_fit_without_the_scored_set() -> None:
     rng = np.random.default_rng(2)
     sets = [_toy_set(n, c, rng) for n, c in (("s1", 0), ("s2", 4), ("s3", 8))]

@@ -42,7 +42,10 @@ def client(gateway: GatewayProcess) -> Iterator[vc.Client]:
 
 def brute_force(cluster: Cluster, q: np.ndarray, k: int, exclude: str = "") -> list[str]:
     ids_ = [i for i in cluster.vectors if i != exclude]
-    scores = np.stack([cluster.vectors[i] for i in ids_]) @ q
+    def f16(x: np.ndarray) -> np.ndarray:  # what the shards store and the gateway sends
+        return x.astype(np.float16).astype(np.float32)
+
+    scores = f16(np.stack([cluster.vectors[i] for i in ids_])) @ f16(q)
     return [ids_[j] for j in np.argsort(-scores)[:k]]
 
 

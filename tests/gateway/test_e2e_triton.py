@@ -211,8 +211,8 @@ def test_exact_copy_is_found_first_even_when_not_among_the_vector_hits(
     photo = path.read_bytes()
     img = Image.open(io.BytesIO(photo)).convert("RGB")
     w, h = img.size
-    details = []  # 24 close-ups of the top-left corner, rescaled / re-encoded: other photos, other hashes
-    for frac in (0.45, 0.3):
+    details = []  # 36 close-ups of the top-left corner, rescaled / re-encoded: other photos, other hashes
+    for frac in (0.45, 0.38, 0.3):
         for n in range(12):
             crop = img.crop((0, 0, int(w * frac), int(h * frac)))
             s = 1.0 - 0.03 * n
@@ -222,11 +222,12 @@ def test_exact_copy_is_found_first_even_when_not_among_the_vector_hits(
             details.append(vc.IndexItem(f"detail-{frac}-{n}", buf.getvalue(), category="detail"))
     assert all(r.ok for r in client.index(details))
     box = [0.0, 0.0, w * 0.3, h * 0.3]
-    no_lookup = vc.search_pb2.SearchOptions(no_exact_lookup=True)
+    # keep_duplicates: each shard returns exactly k = 1 candidate (no extra ones for collapsing)
+    no_lookup = vc.search_pb2.SearchOptions(no_exact_lookup=True, keep_duplicates=True)
     vector_only = client.search(image=photo, box=box, k=1, options=no_lookup)
     # the case: the copy is not among the vector hits (its shard's top candidates are close-ups)
     assert vector_only.hits[0].item_id != item_id and not vector_only.hits[0].exact_match
-    res = client.search(image=photo, box=box, k=1)
+    res = client.search(image=photo, box=box, k=1, options=vc.search_pb2.SearchOptions(keep_duplicates=True))
     assert res.hits[0].item_id == item_id and res.hits[0].exact_match
     # a filter still applies to the exact copy: excluded when it does not match
     res = client.search(image=photo, box=box, k=1, filters=["category=detail"])

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.hostile.conftest import SEEDED, auth, still_serving
-from visual_search import ids
+from visual_search import contract, ids
 from visual_search.launcher import Stack
 from visual_search.shard import auth as shard_auth
 from visual_search.shard.process import ShardProcess
@@ -30,7 +30,7 @@ def _owner(stack: Stack, item_id: str) -> str:
 
 
 def _calls(stub: shard_pb2_grpc.SearchShardStub, model: str) -> dict[str, Callable[..., Any]]:
-    vec = b"\x00\x3c" + b"\x00\x00" * 255  # float16 [1, 0, 0, ...]
+    vec = b"\x00\x3c" + b"\x00\x00" * (contract.EMBEDDING_DIM - 1)  # float16 [1, 0, 0, ...]
     item = shard_pb2.Item(
         item_id="intruder", entries=[shard_pb2.Entry(entry_id=ids.entry_id("intruder", 0), vector_f16=vec)]
     )

@@ -14,8 +14,9 @@ tie). Reported with it,
 on every set: the precision of the hits it flags, and how often queries from the other domains
 (dogs against groceries, ...) are told "no close match".
 
-Scores are the served ones: default-box query (query-side detector), catalog = whole photo +
-detected objects, item score = best entry, exact cosine, the encoder at the served precision.
+Scores are the served ones: the default photo query (query-side detector; item score = the better
+of the default box's and the whole image's score, the gateway's "max" strategy), catalog = whole
+photo + detected objects, item score = best entry, exact cosine, the encoder at the served precision.
 Protocol (issue 14): "cross-set" fits on two sets and scores the third; "in-set" (the shipped
 threshold) fits on all three and is labelled as such.
 """
@@ -35,7 +36,8 @@ from visual_search.reference import ReferencePipeline
 RULE = (
     "threshold maximising Youden's J between in-catalog queries' correct top-1 scores and "
     "out-of-catalog top-1 scores (the query's label left out of the catalog), sets weighted equally; "
-    "served scores (default-box query, catalog whole + objects, item = best entry, exact cosine)"
+    "served scores (default photo query = max(default box, whole image), catalog whole + objects, "
+    "item = best entry, exact cosine)"
 )
 TOP = 10  # hits a grid shows: flagged-hit precision is measured over these
 _GRID = np.round(np.arange(0.30, 0.9801, 0.001), 3)
@@ -47,13 +49,14 @@ class EmbeddedSet:
 
     name: str
     catalog: I.EmbeddedSet  # entries (whole photo + objects) and their owning item
-    queries: np.ndarray  # float32 [Q, D], default-box query vectors
+    queries: np.ndarray  # float32 [Q, M, D]: each query's vectors (default box, whole image)
     q_labels: np.ndarray  # [Q] str
     c_labels: np.ndarray  # [N] str
 
     def item_scores(self, queries: np.ndarray) -> np.ndarray:
-        """float32 [Q, N]: each query against each catalog item (its best entry), as the shards score."""
-        return I.item_scores(queries, self.catalog, len(self.c_labels))
+        """float32 [Q, N]: each query against each catalog item (its best entry, the better of the
+        query's vectors), as the shards + the gateway's fusion score."""
+        return I.fused_item_scores(queries, self.catalog, len(self.c_labels))
 
     @property
     def same(self) -> np.ndarray:
@@ -64,9 +67,7 @@ class EmbeddedSet:
 def embed_set(pipe: ReferencePipeline, name: str, catalog: list[LabeledImage],
               queries: list[LabeledImage]) -> EmbeddedSet:
     cat = I.catalog_entries(I.embed_images(pipe, catalog), objects=True)
-    q = np.vstack([
-        pipe.embed_default(P.decode_image(x.path.read_bytes()))[1].astype(np.float32) for x in queries
-    ])
+    q = np.stack([I.default_query_vectors(pipe, P.decode_image(x.path.read_bytes())) for x in queries])
     return EmbeddedSet(name, cat, q, np.asarray([x.label for x in queries]),
                        np.asarray([c.label for c in catalog]))
 
@@ -156,6 +157,6 @@ def calibrate(sets: list[EmbeddedSet]) -> dict[str, Any]:
     return {"threshold": shipped, "cross_set": cross, "in_set": in_set, "score_distributions": dists}
 
 
-def probe(s: EmbeddedSet, vector: np.ndarray) -> float:
-    """Best item score of one query vector against set s's catalog (e.g. the bus photo)."""
-    return float(s.item_scores(vector[None].astype(np.float32)).max())
+def probe(s: EmbeddedSet, vectors: np.ndarray) -> float:
+    """Best item score of one query's vectors [M, D] against set s's catalog (e.g. the bus photo)."""
+    return float(s.item_scores(vectors[None].astype(np.float32)).max())

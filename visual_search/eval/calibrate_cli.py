@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from visual_search import models
     from visual_search.bench.report import hardware, write_report
     from visual_search.eval import calibrate as F
+    from visual_search.eval import inprocess as I
     from visual_search.preprocess import decode_image
     from visual_search.reference import ReferencePipeline
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         res = F.calibrate(sets)
         if args.probe:  # e.g. the README's bus photo against each dev catalog
             img = decode_image(Path(args.probe).read_bytes())
-            vec = pipe.embed_default(img)[1]
+            vec = I.default_query_vectors(pipe, img)
             res["probe"] = {"image": args.probe, "best_score_by_catalog": {
                 s.name: round(F.probe(s, vec), 4) for s in sets}, "threshold": round(res["threshold"], 4)}
         version = models.model_version(prec)

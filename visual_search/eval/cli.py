@@ -65,6 +65,7 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     import numpy as np
 
     from visual_search import models
+    from visual_search import preprocess as P
     from visual_search.eval import inprocess as I
     from visual_search.eval.dataset import load_manifest, split
     from visual_search.reference import ReferencePipeline
@@ -72,7 +73,8 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     catalog, queries = split(load_manifest(manifest))
     # the detector at its gate-decided precision (as served); the encoder at the one under test
     prec: models.Precision = "int8" if precision == "int8" else "fp32"
-    pipe = ReferencePipeline(models.artifact_path("detector"), models.artifact_path("encoder", prec))
+    pipe = ReferencePipeline(models.artifact_path("detector"), models.artifact_path("encoder", prec),
+                             query_detector_path=models.artifact_path("detector_query_fp32"))
     cat_e, q_e = I.embed_images(pipe, catalog), I.embed_images(pipe, queries)
     rows = []
 
@@ -96,6 +98,10 @@ def inprocess_runs(manifest: Path, precision: str, k: int) -> list[dict[str, Any
     whole_s = I.item_scores(I.query_vectors(q_e, False), cset, len(catalog))
     for how, combined in (("max", np.maximum(box_s, whole_s)), ("mean", (box_s + whole_s) / 2)):
         add(f"catalog=objects+whole query={how}(salient-object, whole)", I.top_items(combined, k))
+    # the served default photo query exactly: query-side detector (416), max(default box, whole)
+    served_q = np.stack([I.default_query_vectors(pipe, P.decode_image(q.path.read_bytes())) for q in queries])
+    served_s = I.fused_item_scores(served_q, cset, len(catalog))
+    add("catalog=objects+whole query=served-default", I.top_items(served_s, k))
     return rows
 
 

@@ -66,6 +66,20 @@ def query_vectors(embs: Sequence[ImageEmbeddings], objects: bool) -> np.ndarray:
     return np.vstack([e.objects[e.salient] if objects and e.salient >= 0 else e.whole for e in embs])
 
 
+def default_query_vectors(pipe: ReferencePipeline, img: np.ndarray) -> np.ndarray:
+    """float32 [2, D] of a default photo query as served: the default box (query-side detector) then
+    the whole image; the whole image twice when nothing is detected (max over them = the whole)."""
+    v = pipe.embed_default_whole(img)[1].astype(np.float32)
+    return np.vstack([v, v[-1:]])[:2]
+
+
+def fused_item_scores(queries: np.ndarray, catalog: EmbeddedSet, n_items: int) -> np.ndarray:
+    """[Q, n_items] for queries [Q, M, D]: each item scored by the better of a query's M vectors (the
+    gateway's "max" fusion); [Q, D] is one vector per query."""
+    q = queries.reshape(len(queries), -1, queries.shape[-1])
+    return np.max([item_scores(q[:, m], catalog, n_items) for m in range(q.shape[1])], axis=0)
+
+
 def item_scores(queries: np.ndarray, catalog: EmbeddedSet, n_items: int) -> np.ndarray:
     """Exact cosine of each query with each item, an item scoring as its best entry: [Q, n_items]."""
     scores = queries @ catalog.vectors.T  # [Q, E]
