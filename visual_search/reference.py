@@ -82,6 +82,12 @@ class ReferencePipeline:
         d = self.detect_query(img)
         return d, self.encode(P.default_input(img, d.boxes, d.scores))[0]
 
+    def embed_default_whole(self, img: np.ndarray) -> tuple[detection.Detections, np.ndarray]:
+        """The "max" query: query-side detections + float16 [M, D] (default box, whole image; the
+        whole image alone when nothing is detected), what detect_and_embed_default_whole returns."""
+        d = self.detect_query(img)
+        return d, self.encode(P.default_whole_input(img, d.boxes, d.scores))
+
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """[B, 3, 224, 224] encoder inputs -> float16 [B, EMBEDDING_DIM]."""
         (out,) = self.encoder.run([C.ENCODER_OUTPUT_NAME], {C.ENCODER_INPUT_NAME: pixels})
