@@ -67,6 +67,7 @@ def test_eval_inprocess_and_served_agree(tmp_path: Path) -> None:
     ref = rows["inprocess-exact-fp32 catalog=objects+whole query=salient-object"]["metrics"]
     served = rows["served-exact query=default-box (fp32)"]
     assert served["partial_queries"] == 0 and served["latency_ms"]["p50"] > 0
+    assert set(served["query_strategies"]) <= {"default-box", "whole-image"}  # as the row's name says
     # 15 items: below the IVF-PQ training threshold
     assert served["shard_index_types"][0].startswith("flat (")
     # same models, same preprocessing, exact search: the served ranking matches the reference

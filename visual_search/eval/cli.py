@@ -149,6 +149,7 @@ def served_runs(
                         "path": "served",
                         "latency_ms": run.latency_ms,
                         "partial_queries": run.partial_queries,
+                        "query_strategies": run.query_strategies,
                         "nprobe": opts.nprobe,
                         "rescore_k": opts.rescore_k,
                         "exact": opts.exact,
@@ -231,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
                     shards=1,
                     precision=stack_precision,
                     shard_args=["--train-threshold", str(args.train_threshold)],
+                    # the rows are named query=default-box: search exactly that (the gateway's
+                    # default is "max"; each row records the strategies the gateway reported)
+                    gateway_args=["--query-strategy", "default-box"],
                 )
                 with Stack(opts) as stack:
                     rows += [
