@@ -70,7 +70,8 @@ WRITE_QUORUMS = ("all", "majority", "one")
 #   max          (default) one Triton call embeds the default (most salient) box AND the whole image;
 #                both go to the shards in one request and each item scores max(box, whole image).
 #                Generalises better across the dev sets (benchmarks/eval.json "crossset"); costs one
-#                more encoder run per photo query (~9 ms Triton CPU here, benchmarks/triton_stages.json).
+#                more encoder run per photo query (~10 ms Triton CPU here: 66.6 vs 56.7 ms,
+#                benchmarks/triton_stages_query_strategy.json).
 #   default-box  the default box alone: one encoder run, the cheaper option.
 # Either way the whole image alone is searched when nothing is detected; other selections are as asked.
 QUERY_STRATEGIES = ("max", "default-box")
