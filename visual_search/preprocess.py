@@ -226,3 +226,14 @@ def default_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.
     if i < 0:
         return encoder_input(img)[None]
     return object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i])[None]
+
+
+def default_whole_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Encoder inputs [M, 3, 224, 224] of the "max" query: the default box, then the whole image
+    (M = 2); only the whole image (M = 1) when nothing was found. One encoder batch for both."""
+    h, w = img.shape[:2]
+    i = default_box_index(boxes, scores, w, h)
+    whole = encoder_input(img)
+    if i < 0:
+        return whole[None]
+    return np.stack([object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i]), whole])

@@ -83,14 +83,10 @@ class ReferencePipeline:
         return d, self.encode(P.default_input(img, d.boxes, d.scores))[0]
 
     def embed_default_whole(self, img: np.ndarray) -> tuple[detection.Detections, np.ndarray]:
-        """A "max" photo query: query-side detections + float16 [M, EMBEDDING_DIM] = the default box's
-        embedding then the whole image's (M = 1, the whole image, when nothing is detected); an item
-        scores as the better of the two, as the gateway serves it."""
+        """The "max" query: query-side detections + float16 [M, D] (default box, whole image; the
+        whole image alone when nothing is detected), what detect_and_embed_default_whole returns."""
         d = self.detect_query(img)
-        if not len(d):
-            return d, self.encode(P.encoder_input(img)[None])
-        return d, self.encode(np.concatenate([P.default_input(img, d.boxes, d.scores),
-                                              P.encoder_input(img)[None]]))
+        return d, self.encode(P.default_whole_input(img, d.boxes, d.scores))
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """[B, 3, 224, 224] encoder inputs -> float16 [B, EMBEDDING_DIM]."""

@@ -64,9 +64,12 @@ def test_eval_inprocess_and_served_agree(tmp_path: Path) -> None:
         for key in ("map", "hit@1", "ndcg@10", "mrr", "recall@10", "max_recall@10", "precision@10"):
             assert 0.0 <= m[key] <= 1.0, (r["config"], key)
         assert m["recall@10"] <= m["max_recall@10"] + 1e-9
-    ref = rows["inprocess-exact-fp32 catalog=objects+whole query=salient-object"]["metrics"]
-    served = rows["served-exact query=default-box (fp32)"]
+    ref = rows["inprocess-exact-fp32 catalog=objects+whole query=served-default"]["metrics"]
+    served = rows["served-exact query=default (fp32)"]
     assert served["partial_queries"] == 0 and served["latency_ms"]["p50"] > 0
+    # the gateway's default: max over the default box and the whole image (whole image alone when
+    # nothing is detected)
+    assert set(served["query_strategies"]) <= {"max(default-box,whole-image)", "whole-image"}
     # 15 items: below the IVF-PQ training threshold
     assert served["shard_index_types"][0].startswith("flat (")
     # same models, same preprocessing, exact search: the served ranking matches the reference

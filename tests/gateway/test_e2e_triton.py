@@ -14,10 +14,13 @@ from PIL import Image
 from visual_search import cli
 from visual_search import client as vc
 from visual_search import contract as C
+from visual_search.gateway.process import GatewayProcess
+from visual_search.gateway.query import MAX_DEFAULT_WHOLE
 from visual_search.launcher import DEFAULT_MANIFEST, Stack, StackOptions, stack_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 BUS = (ROOT / "tests" / "data" / "bus.jpg").read_bytes()
+ZIDANE = (ROOT / "tests" / "data" / "zidane.jpg").read_bytes()  # not in the catalog
 LABELS = ("Oatly-Oat-Milk", "Arla-Sour-Milk", "Alpro-Blueberry-Soyghurt")
 
 
@@ -43,6 +46,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Iterator[vc.Client]:
     with vc.Client(stack.gateway.address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def box_client(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vc.Client]:
+    """A second gateway on the same Triton and shards, with the cheaper default-box strategy."""
+    log = tmp_path_factory.mktemp("gw-box") / "gateway.log"
+    with (
+        GatewayProcess(stack.shard_spec(), triton_url=stack.triton.grpc_url, log_path=log,
+                       extra_args=["--query-strategy", "default-box"]) as gw,
+        vc.Client(gw.address, timeout=120) as c,
+    ):
         yield c
 
 
@@ -90,30 +105,130 @@ def test_detect_orders_by_salience_and_search_uses_the_default_box(client: vc.Cl
     assert sal == sorted(sal, reverse=True) and len(det.detections) == 5
     res = client.search(image=BUS, k=3)
     assert res.lists[0].detection_index == 0 and res.lists[0].class_name == "bus"
-    assert res.lists[0].query_box == det.detections[0].box
-    assert res.lists[0].query_strategy == "default-box"  # the choice is visible in the response
+    assert res.lists[0].query_box == det.detections[0].box  # the default box, also under "max"
+    assert res.lists[0].query_strategy == MAX_DEFAULT_WHOLE  # the choice is visible in the response
     assert res.timings_ms["triton"] > 0
 
 
-def _triton_requests(stack: Stack) -> dict[str, int]:
+def _triton_counts(stack: Stack) -> dict[str, tuple[int, int]]:
+    """Per model: (successful requests, inferences): a request of batch 2 is 1 request, 2 inferences."""
     from visual_search.triton.client import TritonClient
 
     with TritonClient(stack.triton.grpc_url) as tc:
         stats = tc.statistics()["model_stats"]
-    return {m["name"]: int(m["inference_stats"]["success"].get("count", 0)) for m in stats}
+    return {
+        m["name"]: (int(m["inference_stats"]["success"].get("count", 0)), int(m.get("inference_count", 0)))
+        for m in stats
+    }
 
 
-def test_default_box_query_is_one_triton_round_trip(stack: Stack, client: vc.Client) -> None:
-    before = _triton_requests(stack)
+def _triton_calls(stack: Stack, before: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """What changed since `before`: model -> (requests, inferences)."""
+    after = _triton_counts(stack)
+    out = {m: (a[0] - before.get(m, (0, 0))[0], a[1] - before.get(m, (0, 0))[1]) for m, a in after.items()}
+    return {m: d for m, d in out.items() if d != (0, 0)}
+
+
+def _shard_searches(stack: Stack) -> int:
+    """Search calls the shards answered (vsearch_shard_requests_total{method="Search"}), all shards."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0
+    for url in stack.shard_metrics_urls():
+        with urlopen(url, timeout=10) as r:
+            for fam in text_string_to_metric_families(r.read().decode()):
+                total += sum(
+                    int(x.value) for x in fam.samples
+                    if x.name == "vsearch_shard_requests_total" and x.labels.get("method") == "Search"
+                )
+    return total
+
+
+ENSEMBLE_NAMES = ("detect", "embed", "detect_and_embed_default", "detect_and_embed_default_whole")
+
+
+def test_max_query_is_one_triton_round_trip_and_one_shard_request(stack: Stack, client: vc.Client) -> None:
+    before, shard_before = _triton_counts(stack), _shard_searches(stack)
     res = client.search(image=BUS, k=3)
-    after = _triton_requests(stack)
-    calls = {m: after[m] - before.get(m, 0) for m in after if after[m] != before.get(m, 0)}
-    ensembles = {m: n for m, n in calls.items() if m in ("detect", "embed", "detect_and_embed_default")}
-    assert ensembles == {"detect_and_embed_default": 1}, calls
-    # one decode in Triton, the query-side detector, one crop embedded
-    assert calls["preprocess_query"] == 1 and calls["detector_query"] == 1 and calls["encoder"] == 1
+    calls = _triton_calls(stack, before)
+    ensembles = {m: n for m, n in calls.items() if m in ENSEMBLE_NAMES}
+    assert ensembles == {"detect_and_embed_default_whole": (1, 1)}, calls
+    # one decode in Triton, the query-side detector, ONE encoder request of batch 2 (box, whole image)
+    assert calls["preprocess_query"] == (1, 1) and calls["detector_query"] == (1, 1)
+    assert calls["encoder"] == (1, 2), calls
     assert "detector" not in calls and "preprocess" not in calls
-    assert res.lists[0].class_name == "bus"
+    # both vectors travel in one SearchRequest: one call per shard (2 shards x 1 replica, no hedges)
+    assert _shard_searches(stack) - shard_before == len(stack.shards)
+    assert res.lists[0].class_name == "bus" and len(res.lists) == 1
+
+
+def test_default_box_strategy_is_one_encoder_run(stack: Stack, box_client: vc.Client) -> None:
+    before = _triton_counts(stack)
+    res = box_client.search(image=BUS, k=3)
+    calls = _triton_calls(stack, before)
+    ensembles = {m: n for m, n in calls.items() if m in ENSEMBLE_NAMES}
+    assert ensembles == {"detect_and_embed_default": (1, 1)}, calls
+    assert calls["encoder"] == (1, 1), calls
+    rl = res.lists[0]
+    assert rl.query_strategy == "default-box" and rl.detection_index == 0 and rl.class_name == "bus"
+    assert rl.query_box == box_client.detect(BUS).detections[0].box
+
+
+# Options under which a photo query and a vector query rank alike: exact scores, no business boosts,
+# no near-duplicate collapse, no perceptual-hash lookup (a vector query has no photo to hash).
+COMPARABLE = vc.search_pb2.SearchOptions(exact=True, keep_duplicates=True, no_business_rerank=True,
+                                         no_exact_lookup=True)
+
+
+def _raw_search(c: vc.Client, k: int, **query: object) -> vc.search_pb2.ResultList:
+    res = c.search_raw(vc.build_query(k=k, options=COMPARABLE, **query))
+    assert len(res.results) == 1
+    return res.results[0]
+
+
+def test_max_query_hits_are_the_per_item_max_of_its_two_vectors(
+    stack: Stack, client: vc.Client, box_client: vc.Client, indexed: dict
+) -> None:
+    """The served "max" list = search the default-box vector and the whole-image vector separately
+    and keep, per item, the better hit (score, entry); the default-box gateway = the first alone."""
+    from visual_search.triton.client import TritonClient
+
+    with TritonClient(stack.triton.grpc_url) as tc:
+        vecs = tc.detect_and_embed_default_whole(ZIDANE).embeddings
+    assert vecs.shape == (2, C.EMBEDDING_DIM)
+    k = 8  # of the 10 catalog items: the cut matters
+    fused = _raw_search(client, k, image=ZIDANE)
+    det = client.detect(ZIDANE).detections[0]
+    assert fused.query_strategy == MAX_DEFAULT_WHOLE and fused.detection_index == 0
+    assert fused.class_name == det.class_name and vc.Box.from_pb(fused.query_box) == det.box
+    version = client.detect(ZIDANE).model_version
+    per_vector = [_raw_search(client, k, vector=v, model_version=version).hits for v in vecs]
+    best: dict[str, vc.search_pb2.Match] = {}
+    for hits in per_vector:
+        for h in hits:
+            if h.item_id not in best or h.score > best[h.item_id].score:
+                best[h.item_id] = h
+    expected = sorted(best.values(), key=lambda h: (-h.score, h.item_id))[:k]
+    assert [h.item_id for h in fused.hits] == [h.item_id for h in expected]
+    assert [h.score for h in fused.hits] == pytest.approx([h.score for h in expected], abs=2e-3)
+    assert [h.entry_id for h in fused.hits] == [h.entry_id for h in expected]
+    # the whole-image vector decided some of them: this is not the default-box list under a new name
+    box_scores = {h.item_id: h.score for h in per_vector[0]}
+    assert any(h.score > box_scores.get(h.item_id, -2.0) + 1e-3 for h in fused.hits)
+    # the default-box gateway returns the first vector's list alone
+    alone = _raw_search(box_client, k, image=ZIDANE)
+    assert alone.query_strategy == "default-box"
+    assert [h.item_id for h in alone.hits] == [h.item_id for h in per_vector[0]]
+    assert [h.score for h in alone.hits] == pytest.approx([h.score for h in per_vector[0]], abs=2e-3)
+
+
+def test_max_query_of_a_photo_without_detections_is_the_whole_image(client: vc.Client) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(buf, "PNG")
+    rl = client.search(image=buf.getvalue(), k=3).lists[0]
+    assert rl.query_strategy == "whole-image" and rl.detection_index == -1 and rl.query_box is None
 
 
 def test_all_objects_box_index_and_explicit_box(client: vc.Client, indexed: dict) -> None:

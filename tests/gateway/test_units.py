@@ -13,7 +13,7 @@ from PIL import Image
 from visual_search.client import InvalidArgument, parse_filters
 from visual_search.gateway.config import ShardMap
 from visual_search.gateway.hedging import AllAttemptsFailed, LatencyWindow, hedged
-from visual_search.gateway.merge import Candidate, merge_topk
+from visual_search.gateway.merge import Candidate, fuse_max, merge_topk
 from visual_search.gateway.phash import hamming, phash
 from visual_search.gateway.rerank import RerankParams, collapse_duplicates, rerank
 from visual_search.v1 import shard_pb2
@@ -44,6 +44,57 @@ def test_merge_is_global_topk_with_deterministic_ties() -> None:
 def test_merge_keeps_best_hit_of_an_item_seen_twice() -> None:
     out = merge_topk([(0, [hit("a", 0.4)]), (1, [hit("a", 0.8), hit("b", 0.5)])], 10)
     assert [(c.item_id, c.score) for c in out] == [("a", pytest.approx(0.8)), ("b", pytest.approx(0.5))]
+
+
+def _hit_at(item: str, score: float, entry_id: int, box: tuple[float, ...] = ()) -> shard_pb2.SearchHit:
+    h = hit(item, score)
+    h.entry_id = entry_id
+    h.box.extend(box)
+    return h
+
+
+def test_fuse_max_keeps_each_items_best_query_and_its_hit() -> None:
+    """The "max" query: per item the higher of its two scores wins, with that hit's entry and box;
+    an item found by the second (whole-image) query only is kept."""
+    box_q = [_hit_at("a", 0.9, 11, (1, 2, 3, 4)), _hit_at("b", 0.5, 21, (5, 6, 7, 8))]
+    whole_q = [_hit_at("b", 0.8, 20), _hit_at("c", 0.6, 30), _hit_at("a", 0.7, 10)]
+    fused = fuse_max([merge_topk([(0, box_q)], 10), merge_topk([(1, whole_q)], 10)])
+    got = [(c.item_id, round(c.score, 6), c.entry_id, c.box, c.shard_id) for c in fused]
+    assert got == [("a", 0.9, 11, (1.0, 2.0, 3.0, 4.0), 0), ("b", 0.8, 20, (), 1), ("c", 0.6, 30, (), 1)]
+    assert all(c.rank_score == c.score for c in fused)  # re-rank starts from the fused score
+    # ties: the first query's hit stays, and the order is deterministic
+    first, second = Candidate.from_hit(_hit_at("x", 0.5, 1), 0), Candidate.from_hit(_hit_at("x", 0.5, 2), 1)
+    tie = fuse_max([[first], [second]])
+    assert [(c.item_id, c.entry_id) for c in tie] == [("x", 1)]
+
+
+def test_fuse_max_of_per_query_topk_is_the_exact_topk_of_max() -> None:
+    """Real vectors, brute force: fusing each query's top k (items scored by their best entry, as a
+    shard returns them) gives exactly the top k of max(score vs q1, score vs q2)."""
+    rng = np.random.default_rng(7)
+    dim, n_items = 16, 300
+    entries = {f"item{i:03d}": rng.standard_normal((int(rng.integers(1, 5)), dim)) for i in range(n_items)}
+    entries = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in entries.items()}
+    for trial in range(5):
+        q1, q2 = unit(100 + trial, dim), unit(200 + trial, dim)
+
+        def top(q: np.ndarray, k: int) -> list[shard_pb2.SearchHit]:
+            best = {i: (float((e @ q).max()), int((e @ q).argmax())) for i, e in entries.items()}
+            ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+            return [_hit_at(i, s, j) for i, (s, j) in ranked]
+
+        for k in (1, 10, 50):
+            fused = fuse_max([merge_topk([(0, top(q1, k))], k), merge_topk([(0, top(q2, k))], k)])[:k]
+            exact = sorted(
+                ((i, max(float((e @ q1).max()), float((e @ q2).max()))) for i, e in entries.items()),
+                key=lambda kv: (-kv[1], kv[0]),
+            )[:k]
+            assert [c.item_id for c in fused] == [i for i, _ in exact], (trial, k)
+            np.testing.assert_allclose([c.score for c in fused], [s for _, s in exact], rtol=1e-6)
+            if k == 50:  # both queries contribute: neither list alone is the answer
+                only1 = {h.item_id for h in top(q1, k)}
+                only2 = {h.item_id for h in top(q2, k)}
+                assert {c.item_id for c in fused} - only1 and {c.item_id for c in fused} - only2
 
 
 # ---- hedging -----------------------------------------------------------------------------------

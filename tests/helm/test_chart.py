@@ -175,6 +175,17 @@ def test_close_match_threshold_is_calibrated_unless_set() -> None:
     assert a[a.index("--close-match-threshold") + 1] == "0"
 
 
+def test_query_strategy_value_reaches_the_gateway_flag() -> None:
+    def args(*sets: str) -> list[str]:
+        gateway = one(render("default-values.yaml", sets=sets), "Deployment", "-gateway")
+        return list(pod_spec(gateway)["containers"][0]["args"])
+
+    a = args()
+    assert a[a.index("--query-strategy") + 1] == "max"  # the documented default
+    a = args("gateway.queryStrategy=default-box")
+    assert a[a.index("--query-strategy") + 1] == "default-box"
+
+
 def test_gateway_config_change_rolls_pods() -> None:
     a = one(render("default-values.yaml"), "Deployment", "-gateway")
     b = one(render("default-values.yaml", sets=("shards.count=5",)), "Deployment", "-gateway")
@@ -483,6 +494,7 @@ def test_dashboard_configmap_ships_the_dashboard() -> None:
         (("gateway.port=70000",), "gateway.port"),
         (("canary.minRecall=1.5",), "minRecall"),
         (("gateway.closeMatchThreshold=1.5",), "closeMatchThreshold"),
+        (("gateway.queryStrategy=min",), "queryStrategy"),
         (("modelVersion=v1",), "modelVersion"),  # gone: Triton is the one version truth
         (("tls.enabled=true",), "existingSecret"),
         (("monitoring.serviceMonitor.interval=soon",), "interval"),

@@ -76,7 +76,10 @@ def test_index_items_refuses_it_per_item_and_indexes_the_rest(
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("model", [N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT])
+@pytest.mark.parametrize(
+    "model",
+    [N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT, N.DETECT_AND_EMBED_DEFAULT_WHOLE],
+)
 def test_triton_directly_refuses_it_per_request(stack: Stack, model: str) -> None:
     with TritonClient(stack.triton.grpc_url) as tc:
         with pytest.raises(InferenceError) as e:

@@ -130,6 +130,9 @@ def test_zero_detections_is_a_result(client: TritonClient) -> None:
     assert one.boxes.shape == (0, 4)
     whole = client.embed(blank).astype(np.float32)
     assert float(one.embedding.astype(np.float32) @ whole) > 0.999
+    both = client.detect_and_embed_default_whole(blank)  # the "max" query: one row, the whole image
+    assert both.boxes.shape == (0, 4) and both.embeddings.shape == (1, C.EMBEDDING_DIM)
+    assert float(both.embeddings[0].astype(np.float32) @ whole) > 0.999
 
 
 def test_bad_requests_inside_a_batch_fail_alone(

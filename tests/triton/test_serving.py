@@ -101,6 +101,19 @@ def test_default_box_query_in_one_call(client: TritonClient, bus: bytes, zidane:
         assert all(_cos(one.embedding, client.embed(image, box=two.boxes[j].tolist())) < 0.99 for j in others)
 
 
+def test_default_whole_query_in_one_call(client: TritonClient, bus: bytes, zidane: bytes) -> None:
+    """detect_and_embed_default_whole = the default box's embedding then the whole image's, one trip."""
+    for image in (bus, zidane):
+        r = client.detect_and_embed_default_whole(image)
+        one = client.detect_and_embed_default(image)
+        np.testing.assert_allclose(r.boxes, one.boxes, atol=1e-3)
+        assert r.embeddings.shape == (2, C.EMBEDDING_DIM)
+        _unit(r.embeddings)
+        assert _cos(r.embeddings[0], one.embedding) > 0.999
+        assert _cos(r.embeddings[1], client.embed(image)) > 0.999
+        assert _cos(r.embeddings[0], r.embeddings[1]) < 0.99, "box and whole image differ"
+
+
 def test_serving_matches_reference_path(
     client: TritonClient, reference: ReferencePipeline, bus: bytes
 ) -> None:
@@ -122,6 +135,11 @@ def test_serving_matches_reference_path(
         assert one.classes.tolist() == ref_dets.classes.tolist()
         np.testing.assert_allclose(one.boxes, ref_dets.boxes, atol=1.0)
         assert _cos(one.embedding, ref_vec) >= 0.999
+        both = client.detect_and_embed_default_whole(data)
+        ref_dets, ref_vecs = reference.embed_default_whole(P.decode_image(data))
+        assert both.classes.tolist() == ref_dets.classes.tolist()
+        assert both.embeddings.shape == ref_vecs.shape
+        assert all(_cos(a, b) >= 0.999 for a, b in zip(both.embeddings, ref_vecs, strict=True))
     served_d = client.detect_and_embed(bus)
     ref_d = reference.detect_and_embed(P.decode_image(bus))
     assert served_d.classes.tolist() == ref_d.detections.classes.tolist()

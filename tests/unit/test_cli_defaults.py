@@ -36,6 +36,24 @@ def test_gateway_flags_reach_their_fields() -> None:
     assert (got.hedge_delay_ms, got.max_message_bytes, got.write_quorum) == (7.0, 2 * 1024 * 1024, "all")
 
 
+def test_gateway_query_strategy_from_flag_env_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parse(*argv: str) -> GatewayConfig:
+        p = argparse.ArgumentParser()
+        gateway_cli.add_arguments(p)
+        return gateway_cli.config_from_args(p.parse_args(["--shards", "127.0.0.1:1", *argv]))
+
+    assert parse().query_strategy == "max" == GatewayConfig.query_strategy
+    assert parse("--query-strategy", "default-box").query_strategy == "default-box"
+    assert parse("--two-call-default-box").query_strategy == "default-box"  # that path is box-only
+    monkeypatch.setenv("VSEARCH_QUERY_STRATEGY", "default-box")
+    assert parse().query_strategy == "default-box"
+    assert parse("--query-strategy", "max").query_strategy == "max"  # the flag beats the env
+    with pytest.raises(SystemExit):
+        parse("--query-strategy", "min")
+    with pytest.raises(ValueError, match="query strategy 'min'"):
+        GatewayConfig(shard_map=parse().shard_map, query_strategy="min")
+
+
 def test_shard_flags_default_to_engine_config() -> None:
     from visual_search.shard.server import config_from_args
 

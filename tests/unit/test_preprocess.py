@@ -166,3 +166,20 @@ def test_object_input_keeps_the_whole_object_and_batch_order() -> None:
     np.testing.assert_array_equal(batch[0], x)
     np.testing.assert_array_equal(batch[-1], P.encoder_input(img))
     assert P.encoder_batch(img).shape[0] == 1  # zero detections: the whole image only
+
+
+def test_default_whole_input_is_default_box_then_whole_image() -> None:
+    """The "max" query's encoder batch: row 0 = default_input's crop, row 1 = the whole image;
+    the whole image alone when nothing was detected."""
+    img = np.zeros((200, 100, 3), np.uint8)
+    img[10:190, 40:60] = 255
+    boxes = np.array([[0, 0, 20, 20], [40, 10, 60, 190]], np.float32)  # the second is more salient
+    scores = np.array([0.9, 0.8], np.float32)
+    x = P.default_whole_input(img, boxes, scores)
+    assert x.shape == (2, 3, C.ENCODER_INPUT_SIZE, C.ENCODER_INPUT_SIZE)
+    np.testing.assert_array_equal(x[0], P.default_input(img, boxes, scores)[0])
+    np.testing.assert_array_equal(x[0], P.object_input(img, boxes[1]))
+    np.testing.assert_array_equal(x[1], P.encoder_input(img))
+    none = P.default_whole_input(img, np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    assert none.shape == (1, 3, C.ENCODER_INPUT_SIZE, C.ENCODER_INPUT_SIZE)
+    np.testing.assert_array_equal(none[0], P.encoder_input(img))

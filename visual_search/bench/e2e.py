@@ -28,6 +28,7 @@ import numpy as np
 
 from visual_search import contract
 from visual_search.bench.report import hardware, write_report
+from visual_search.gateway.config import QUERY_STRATEGIES, GatewayConfig
 from visual_search.triton import names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["photo_queries_baseline_two_calls"] = []
     with (
         tempfile.TemporaryDirectory(prefix="vsearch-bench-") as tmp,
-        Stack(StackOptions(Path(tmp), shards=args.shards, precision=args.precision)) as stack,
+        Stack(StackOptions(Path(tmp), shards=args.shards, precision=args.precision,
+                           gateway_args=["--query-strategy", args.query_strategy])) as stack,
         contextlib.ExitStack() as extra,
     ):
         baseline = None
@@ -197,9 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_version = stack.model_version
     return {
         "benchmark": "e2e",
-        "what": "public Search: gateway -> Triton (detect_and_embed_default: one call, 416 query "
-        "detector) -> shards -> merge/re-rank; baseline: two Triton calls (detect at 640, then embed "
-        "the default box), as before issue 13",
+        "what": f"public Search, query strategy {args.query_strategy}: gateway -> Triton ("
+        f"{_ENSEMBLE[args.query_strategy]}: one call, 416 query detector) -> shards -> merge/re-rank; "
+        "baseline: two Triton calls (detect at 640, then embed the default box), as before issue 13",
         "arguments": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
         },
@@ -217,6 +219,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 
+# the one Triton call of a default photo query, per gateway query strategy
+_ENSEMBLE = {"max": names.DETECT_AND_EMBED_DEFAULT_WHOLE, "default-box": names.DETECT_AND_EMBED_DEFAULT}
+
+
 def _main(args: argparse.Namespace) -> int:
     return write_report(run(args), args.out)
 
@@ -232,6 +238,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--photos", type=int, default=24, help="distinct real query photos cycled through")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+    p.add_argument("--query-strategy", default=GatewayConfig.query_strategy, choices=QUERY_STRATEGIES,
+                   help="the measured gateway's strategy for default photo queries (the baseline is "
+                   "default-box, two calls)")
     p.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,

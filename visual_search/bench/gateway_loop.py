@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "with_triton": "gateway with a real Triton (fp32): photo Searches run end to end; on "
                 "this CPU box Triton takes seconds per photo, so fewer decodes per second",
             },
-            "photo": f"{args.side}x{args.side} JPEG, {len(photo)} bytes, default-box Search",
+            "photo": f"{args.side}x{args.side} JPEG, {len(photo)} bytes, default photo Search",
             "cheap_queries": "concurrency 1, alternating vector and item-id Search, k=10",
             "gateway_args": GATEWAY_ARGS,
             "pool": "default gateway: decode + pHash in a 2-thread pool, 16 admitted (gateway/cpu.py)",

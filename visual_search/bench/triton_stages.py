@@ -25,7 +25,7 @@ from visual_search.triton import names as N
 
 _TICK = os.sysconf("SC_CLK_TCK")
 Snapshot = dict[int, tuple[str, float]]  # pid -> (process kind, CPU seconds)
-MODELS = (N.DETECT_AND_EMBED_DEFAULT, N.EMBED, N.DETECT_AND_EMBED)
+MODELS = (N.DETECT_AND_EMBED_DEFAULT, N.DETECT_AND_EMBED_DEFAULT_WHOLE, N.EMBED, N.DETECT_AND_EMBED)
 
 
 def process_cpu(pgid: int) -> Snapshot:
@@ -76,6 +76,7 @@ def inprocess_work(precision: str) -> dict[str, Callable[[bytes], Any]]:
     )
     return {
         N.DETECT_AND_EMBED_DEFAULT: lambda b: pipe.embed_default(P.decode_image(b)),
+        N.DETECT_AND_EMBED_DEFAULT_WHOLE: lambda b: pipe.embed_default_whole(P.decode_image(b)),
         N.EMBED: lambda b: pipe.embed(P.decode_image(b)),
         N.DETECT_AND_EMBED: lambda b: pipe.detect_and_embed(P.decode_image(b)),
     }
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if server.proc is None:
             raise RuntimeError("tritonserver did not start")
         pgid = server.proc.pid
-        for model in MODELS:
+        for model in args.models:
             asyncio.run(_drive(server.grpc_url, model, images, 1, 1.0, warm=4))  # every instance warm
             load0, before = os.getloadavg()[0], process_cpu(pgid)
             r = asyncio.run(_drive(server.grpc_url, model, images, 1, args.seconds))
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "cpu_ms_total": round(sum(stages.values()), 2)},
             }
     work = inprocess_work(args.precision)
-    for model in MODELS:
+    for model in args.models:
         fn = work[model]
         for b in images[:4]:
             fn(b)
@@ -140,5 +141,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
     p.add_argument("--seconds", type=float, default=10.0, help="per model, each side")
     p.add_argument("--images", type=int, default=12)
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="ensembles to measure")
     p.add_argument("--out", default="benchmarks/triton_stages.json")
     p.set_defaults(func=_main)

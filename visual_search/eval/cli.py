@@ -1,8 +1,9 @@
 """`vsearch eval`: retrieval quality of the served pipeline and of the in-process reference.
 
 One run compares, per labeled set: in-process exact search (FP32 and INT8; whole image vs object
-entries/queries) and the served path (gateway -> Triton -> shards; exact vs IVF-PQ + re-score;
-default-box vs whole-image queries; an nprobe x rescore_k sweep for the recall-vs-latency plot).
+entries/queries; the served default query computed in-process) and the served path (gateway ->
+Triton -> shards; exact vs IVF-PQ + re-score; the gateway's default photo query, max(default box,
+whole image), vs whole-image queries; an nprobe x rescore_k sweep for the recall-vs-latency plot).
 Results go to a JSON file (and a PNG plot); a short table is printed.
 """
 
@@ -129,10 +130,10 @@ def served_runs(
         index_types = stack.rebuild_shards() if stack is not None else ["unknown (remote gateway)"]
         cat_labels = [x.label for x in catalog]
         configs: list[tuple[str, bool, search_pb2.SearchOptions]] = [
-            ("served-exact query=default-box", False, search_pb2.SearchOptions(exact=True)),
-            ("served-ivfpq+rescore query=default-box", False, search_pb2.SearchOptions()),
+            ("served-exact query=default", False, search_pb2.SearchOptions(exact=True)),
+            ("served-ivfpq+rescore query=default", False, search_pb2.SearchOptions()),
             ("served-ivfpq+rescore query=whole", True, search_pb2.SearchOptions()),
-            ("served-ivfpq rescore_k=k query=default-box", False, search_pb2.SearchOptions(rescore_k=k)),
+            ("served-ivfpq rescore_k=k query=default", False, search_pb2.SearchOptions(rescore_k=k)),
         ]
         if sweep:
             configs += [
@@ -153,6 +154,7 @@ def served_runs(
                         "path": "served",
                         "latency_ms": run.latency_ms,
                         "partial_queries": run.partial_queries,
+                        "query_strategies": run.query_strategies,
                         "nprobe": opts.nprobe,
                         "rescore_k": opts.rescore_k,
                         "exact": opts.exact,

@@ -24,6 +24,8 @@ class ServedRun:
     report: M.Report
     latency_ms: dict[str, float] = field(default_factory=dict)
     partial_queries: int = 0
+    # ResultList.query_strategy as the gateway reported it -> queries (what was actually searched)
+    query_strategies: dict[str, int] = field(default_factory=dict)
 
 
 def index_catalog(client: Client, catalog: Sequence[LabeledImage], prefix: str) -> dict[str, str]:
@@ -60,6 +62,7 @@ def run_queries(
     rankings: list[list[str]] = []
     lat: list[float] = []
     partial = 0
+    strategies: dict[str, int] = {}
     for q in queries:
         t = time.perf_counter()
         res = client.search(
@@ -67,8 +70,10 @@ def run_queries(
         )
         lat.append((time.perf_counter() - t) * 1000.0)
         partial += res.partial
+        for rl in res.lists:
+            strategies[rl.query_strategy] = strategies.get(rl.query_strategy, 0) + 1
         rankings.append([labels.get(h.item_id, "?") for h in res.hits])
     report = M.evaluate(rankings, [q.label for q in queries], catalog_labels)
     a = np.asarray(lat)
     stats = {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean())}
-    return ServedRun(name, report, stats, partial)
+    return ServedRun(name, report, stats, partial, strategies)

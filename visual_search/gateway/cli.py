@@ -6,7 +6,7 @@ import argparse
 import os
 
 # A light module (no grpc/numpy): the flags' defaults are GatewayConfig's, written once there.
-from visual_search.gateway.config import WRITE_QUORUMS, GatewayConfig, ShardMap
+from visual_search.gateway.config import QUERY_STRATEGIES, WRITE_QUORUMS, GatewayConfig, ShardMap
 
 D = GatewayConfig  # class attributes = the dataclass defaults
 _MB = 1024 * 1024
@@ -88,9 +88,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "stamp (a mismatch -> NOT_SERVING); 0 = check at start only")
     p.add_argument("--version-wait", type=float, default=D.version_wait_s,
                    help="seconds start-up waits for Triton (or the shards) to report the model version")
+    p.add_argument("--query-strategy", default=env("VSEARCH_QUERY_STRATEGY") or D.query_strategy,
+                   choices=QUERY_STRATEGIES,
+                   help="default photo queries (no box chosen): 'max' searches the default box and the "
+                   "whole image in one request, each item scored by the better of the two (one more "
+                   "encoder run per query); 'default-box' the box alone, the cheaper one (default max) "
+                   "[env]")
     p.add_argument(
         "--two-call-default-box", action="store_true",
-        help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline",
+        help="default-box queries call Triton twice (detect, then embed) - the benchmark's old baseline; "
+        "implies --query-strategy default-box",
     )
     p.add_argument("--cpu-workers", type=int, default=D.cpu_workers,
                    help="threads decoding / hashing photos off the event loop")
@@ -128,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         insecure_admin=args.insecure_admin, shard_token=load_token(args.shard_token_file),
         generation_file=args.generation_file or None,
         single_call_default_box=not args.two_call_default_box,
+        query_strategy="default-box" if args.two_call_default_box else args.query_strategy,
         triton_health_interval_s=args.triton_health_interval, cpu_workers=args.cpu_workers,
         cpu_max_pending=args.cpu_max_pending, cpu_inline=args.cpu_inline,
         version_check_s=args.version_check_interval, version_wait_s=args.version_wait,

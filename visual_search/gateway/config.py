@@ -66,6 +66,16 @@ def _is_file(spec: str) -> bool:
 # replicas) and reaches the others through the shards' repair (shard/README.md "Replicas").
 WRITE_QUORUMS = ("all", "majority", "one")
 
+# How a default photo query (an ImageQuery with no selection) is searched:
+#   max          (default) one Triton call embeds the default (most salient) box AND the whole image;
+#                both go to the shards in one request and each item scores max(box, whole image).
+#                Generalises better across the dev sets (benchmarks/eval.json "crossset"); costs one
+#                more encoder run per photo query (~10 ms Triton CPU here: 66.6 vs 56.7 ms,
+#                benchmarks/triton_stages_query_strategy.json).
+#   default-box  the default box alone: one encoder run, the cheaper option.
+# Either way the whole image alone is searched when nothing is detected; other selections are as asked.
+QUERY_STRATEGIES = ("max", "default-box")
+
 
 @dataclass
 class GatewayConfig:
@@ -105,6 +115,7 @@ class GatewayConfig:
     # Default-box photo queries: one Triton call (detect_and_embed_default). False = the older
     # detect, then embed the chosen box (two round trips); kept as the benchmark's baseline.
     single_call_default_box: bool = True
+    query_strategy: str = "max"  # QUERY_STRATEGIES; the two-call path above is default-box only
     # Security / transport.
     auth_token: str | None = None
     tls_cert: str | None = None
@@ -145,3 +156,7 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.write_quorum not in WRITE_QUORUMS:
             raise ValueError(f"write quorum {self.write_quorum!r}: choose one of {', '.join(WRITE_QUORUMS)}")
+        if self.query_strategy not in QUERY_STRATEGIES:
+            raise ValueError(
+                f"query strategy {self.query_strategy!r}: choose one of {', '.join(QUERY_STRATEGIES)}"
+            )

@@ -75,6 +75,9 @@ class Embedder(Protocol):
     async def detect_and_embed_default(
         self, image: bytes, width: int, height: int, timeout: float
     ) -> tuple[Objects, np.ndarray]: ...
+    async def detect_and_embed_default_whole(
+        self, image: bytes, width: int, height: int, timeout: float
+    ) -> tuple[Objects, np.ndarray]: ...
     async def model_version(self) -> str: ...
     async def close(self) -> None: ...
 
@@ -139,6 +142,25 @@ class TritonEmbedder:
         vec = np.asarray(d.embedding, np.float32).reshape(-1)
         self._observe(vec)
         return order_by_salience(d.boxes, d.scores, d.classes, width, height), vec
+
+    async def detect_and_embed_default_whole(
+        self, image: bytes, width: int, height: int, timeout: float
+    ) -> tuple[Objects, np.ndarray]:
+        """Detections (most salient first) + float32 [M, D]: objects[0]'s embedding then the whole
+        image's (M = 2), or the whole image's alone (M = 1) when nothing was detected.
+
+        One Triton round trip, one encoder batch; the "max" query strategy searches both rows.
+        """
+        model = N.DETECT_AND_EMBED_DEFAULT_WHOLE
+        d = await self._infer(model, image, None, timeout)
+        vecs = np.asarray(d.embeddings, np.float32)
+        objs = order_by_salience(d.boxes, d.scores, d.classes, width, height)
+        want = 2 if len(objs) else 1
+        if vecs.ndim != 2 or vecs.shape[0] != want:  # a repository not matching this gateway
+            raise InferenceError(model, f"returned {vecs.shape[0]} embeddings for {len(objs)} detections; "
+                                 f"expected {want}")
+        self._observe(vecs)
+        return objs, vecs
 
     async def model_version(self) -> str:
         cfg = await self._c.get_model_config(N.EMBED, as_json=True)

@@ -55,3 +55,20 @@ def merge_topk(per_shard: Iterable[tuple[int, Iterable[shard_pb2.SearchHit]]], k
                 best[hit.item_id] = Candidate.from_hit(hit, shard_id)
     ranked = sorted(best.values(), key=lambda c: (-c.score, c.item_id))
     return ranked[: max(0, k)]
+
+
+def fuse_max(per_query: Iterable[Iterable[Candidate]]) -> list[Candidate]:
+    """One ranking from several query vectors' rankings: each item scores its best over the queries,
+    and the hit that gave that score (entry, box, vector) goes with it. Ties keep the earlier query's
+    hit; the order breaks ties on item id, as merge_topk does.
+
+    Exact for the fused top k when each list is its query's top k: an item in the top k by
+    max(s1, s2) is in the top k of the query that gives it its max.
+    """
+    best: dict[str, Candidate] = {}
+    for cands in per_query:
+        for c in cands:
+            cur = best.get(c.item_id)
+            if cur is None or c.score > cur.score:
+                best[c.item_id] = c
+    return sorted(best.values(), key=lambda c: (-c.score, c.item_id))

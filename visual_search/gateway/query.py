@@ -1,8 +1,10 @@
 """Turn a public Search request into query vectors: which box of which photo, or which vector.
 
 Image queries (R1, R2): unset selection = the most salient detection (confidence x area), or the
-whole image when nothing is detected; `box_index` = a detection as Detect() orders them; `box` =
-an explicit box; `all_objects` = one query per detection; `whole_image` = no detection at all.
+whole image when nothing is detected; with the gateway's query strategy "max" (the default) that
+box AND the whole image are searched, each item keeping its better score of the two.
+`box_index` = a detection as Detect() orders them; `box` = an explicit box; `all_objects` = one
+query per detection; `whole_image` = no detection at all (all four exactly as asked).
 Vector queries must carry the served model version (R6). Item-id queries ("more like this") use
 the item's stored vector of its most salient object (entry 1, as indexed), else the whole image.
 """
@@ -26,6 +28,8 @@ from visual_search.gateway.labels import class_name
 from visual_search.v1 import search_pb2
 
 T = TypeVar("T")
+# ResultList.query_strategy of a default photo query under the "max" strategy.
+MAX_DEFAULT_WHOLE = "max(default-box,whole-image)"
 
 
 @dataclass
@@ -35,6 +39,14 @@ class QuerySpec:
     detection_index: int = -1
     class_name: str = ""
     strategy: str = ""  # ResultList.query_strategy: how the query side was chosen
+    # More vectors searched for this same result list: each item keeps its best score over `vector`
+    # and these (the "max" strategy: the default box, then the whole image here).
+    also: tuple[np.ndarray, ...] = ()
+
+    @property
+    def vectors(self) -> list[np.ndarray]:
+        """Every vector this result list searches, `vector` first (one shard query each)."""
+        return [self.vector, *self.also]
 
 
 @dataclass
@@ -58,7 +70,7 @@ def _spec_from_object(objs: Objects, i: int, vec: np.ndarray, strategy: str) -> 
 
 async def _resolve_image(
     q: search_pb2.ImageQuery, embedder: Embedder | None, deadline: float, single_call_default: bool,
-    cpu: CpuPool,
+    cpu: CpuPool, query_strategy: str = "max",
 ) -> ResolvedQuery:
     stages: dict[str, float] = {}  # decode / detect / embed seconds, for the stage histogram
 
@@ -96,6 +108,15 @@ async def _resolve_image(
         else:
             assert objs.image_embedding is not None
             specs = [QuerySpec(objs.image_embedding, strategy="whole-image")]
+    elif sel is None and single_call_default and query_strategy == "max":
+        # Default box and whole image, both embedded in one Triton round trip (one encoder batch).
+        objs, vecs = await timed("detect", embedder.detect_and_embed_default_whole(q.image, w, h, left()))
+        if len(objs):
+            spec = _spec_from_object(objs, 0, vecs[0], MAX_DEFAULT_WHOLE)
+            spec.also = (vecs[1],)
+            specs = [spec]
+        else:
+            specs = [QuerySpec(vecs[0], strategy="whole-image")]
     elif sel is None and single_call_default:
         # Default box: detections and the chosen box's embedding in one Triton round trip.
         objs, vec = await timed("detect", embedder.detect_and_embed_default(q.image, w, h, left()))
@@ -144,11 +165,12 @@ async def resolve(
     deadline: float,
     single_call_default: bool = True,
     cpu: CpuPool | None = None,
+    query_strategy: str = "max",
 ) -> ResolvedQuery:
     kind = req.WhichOneof("query")
     if kind == "image":
         pool = cpu or CpuPool(inline=True)
-        return await _resolve_image(req.image, embedder, deadline, single_call_default, pool)
+        return await _resolve_image(req.image, embedder, deadline, single_call_default, pool, query_strategy)
     if kind == "vector":
         t = time.monotonic()
         vec = V.decode_query_vector(req.vector, served_version)

@@ -24,7 +24,7 @@ from visual_search.gateway.embedder import Embedder, InferenceError, inference_s
 from visual_search.gateway.fanout import ShardCallError, ShardFanout, ShardUnavailable
 from visual_search.gateway.ingest import Indexer
 from visual_search.gateway.labels import class_name
-from visual_search.gateway.merge import Candidate, merge_topk
+from visual_search.gateway.merge import Candidate, fuse_max, merge_topk
 from visual_search.gateway.metrics import GatewayMetrics
 from visual_search.gateway.query import resolve
 from visual_search.gateway.rerank import RerankParams, rerank
@@ -169,7 +169,7 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         deadline = self._deadline(context)
         rq = await resolve(
             request, self.embedder, self.fanout, self.model_version, deadline,
-            self.cfg.single_call_default_box, self.cpu,
+            self.cfg.single_call_default_box, self.cpu, self.cfg.query_strategy,
         )
         rq.stage_s["decode"] = rq.stage_s.get("decode", 0.0) + checks_s
         for stage, seconds in rq.stage_s.items():
@@ -177,8 +177,10 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
         collapse = not opts.keep_duplicates
         k_shard = request.k * (self.cfg.candidate_factor if collapse else 1) + _DUP_MARGIN * collapse
         k_shard = min(contract.MAX_K, k_shard + (1 if rq.exclude_item else 0))
+        # one shard query per vector; a "max" result list has two (default box, whole image)
+        vectors = [v for s in rq.specs for v in s.vectors]
         shard_req = shard_pb2.SearchRequest(
-            queries=[shard_pb2.QueryVector(vector_f16=s.vector.astype("<f2").tobytes()) for s in rq.specs],
+            queries=[shard_pb2.QueryVector(vector_f16=v.astype("<f2").tobytes()) for v in vectors],
             k=k_shard, nprobe=opts.nprobe, rescore_k=opts.rescore_k, filter=request.filter,
             model_version=self.model_version, exact=opts.exact, include_vectors=collapse,
         )
@@ -207,14 +209,20 @@ class VisualSearchService(search_pb2_grpc.VisualSearchServicer):
             missing_shards=sorted(fan.missing), hedges_sent=fan.hedges_sent,
         )
         merge_s = 0.0
-        for qi, spec in enumerate(rq.specs):
+        first = 0  # index of this result list's first shard query
+        for spec in rq.specs:
             tm = time.monotonic()
-            per_shard = [
-                (sid, [*r.results[qi].hits, *r.results[qi].exact_hits])
-                for sid, r in fan.responses.items()
-                if qi < len(r.results)
-            ]
-            cands = merge_topk(per_shard, 10**9)
+            per_query = []
+            for qi in range(first, first + len(spec.vectors)):
+                per_shard = [
+                    (sid, [*r.results[qi].hits, *r.results[qi].exact_hits])
+                    for sid, r in fan.responses.items()
+                    if qi < len(r.results)
+                ]
+                per_query.append(merge_topk(per_shard, 10**9))
+            first += len(spec.vectors)
+            # several vectors (the "max" strategy): each item keeps its best score over them
+            cands = per_query[0] if len(per_query) == 1 else fuse_max(per_query)
             if rq.exclude_item and not opts.include_self:
                 cands = [c for c in cands if c.item_id != rq.exclude_item]
             merge_s += time.monotonic() - tm

@@ -41,6 +41,12 @@ class DetectionsWithDefaultEmbedding(Detections):
 
 
 @dataclass(frozen=True)
+class DetectionsWithDefaultWholeEmbeddings(Detections):
+    # [M, D] float16: row 0 the default box, row 1 the whole image; M = 1 (whole image) if no box
+    embeddings: np.ndarray
+
+
+@dataclass(frozen=True)
 class DetectionsWithEmbeddings(Detections):
     embeddings: np.ndarray  # [N, D] float16, one per object
     image_embedding: np.ndarray  # [D] float16, the whole image
@@ -72,6 +78,7 @@ def _outputs(model: str, mod: Any) -> list[Any]:
         N.EMBED: (N.EMBEDDING,),
         N.DETECT_AND_EMBED: (N.BOXES, N.SCORES, N.CLASSES, N.EMBEDDINGS, N.IMAGE_EMBEDDING),
         N.DETECT_AND_EMBED_DEFAULT: (N.BOXES, N.SCORES, N.CLASSES, N.EMBEDDING),
+        N.DETECT_AND_EMBED_DEFAULT_WHOLE: (N.BOXES, N.SCORES, N.CLASSES, N.EMBEDDING),
     }[model]
     return [mod.InferRequestedOutput(n) for n in names]
 
@@ -90,6 +97,9 @@ def _parse(model: str, result: Any) -> Any:
         return Detections(*det)
     if model == N.DETECT_AND_EMBED_DEFAULT:
         return DetectionsWithDefaultEmbedding(*det, get(N.EMBEDDING).reshape(-1))
+    if model == N.DETECT_AND_EMBED_DEFAULT_WHOLE:
+        emb = get(N.EMBEDDING)
+        return DetectionsWithDefaultWholeEmbeddings(*det, emb.reshape(-1, emb.shape[-1]))
     emb = get(N.EMBEDDINGS)
     return DetectionsWithEmbeddings(*det, emb.reshape(-1, emb.shape[-1]), get(N.IMAGE_EMBEDDING).reshape(-1))
 
@@ -138,6 +148,11 @@ class TritonClient:
     def detect_and_embed_default(self, image: bytes) -> DetectionsWithDefaultEmbedding:
         """Detections + the embedding of the default box (whole image if none), in one round trip."""
         result: DetectionsWithDefaultEmbedding = self._infer(N.DETECT_AND_EMBED_DEFAULT, image)
+        return result
+
+    def detect_and_embed_default_whole(self, image: bytes) -> DetectionsWithDefaultWholeEmbeddings:
+        """Detections + [default box, whole image] embeddings (whole image alone if no box), one trip."""
+        result: DetectionsWithDefaultWholeEmbeddings = self._infer(N.DETECT_AND_EMBED_DEFAULT_WHOLE, image)
         return result
 
     def encoder_version(self, model: str = N.EMBED) -> str:
@@ -193,6 +208,11 @@ class AsyncTritonClient:
 
     async def detect_and_embed_default(self, image: bytes) -> DetectionsWithDefaultEmbedding:
         result: DetectionsWithDefaultEmbedding = await self._infer(N.DETECT_AND_EMBED_DEFAULT, image)
+        return result
+
+    async def detect_and_embed_default_whole(self, image: bytes) -> DetectionsWithDefaultWholeEmbeddings:
+        model = N.DETECT_AND_EMBED_DEFAULT_WHOLE
+        result: DetectionsWithDefaultWholeEmbeddings = await self._infer(model, image)
         return result
 
     async def infer(self, model: str, image: bytes, box: Sequence[float] | None = None) -> Any:

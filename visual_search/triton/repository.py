@@ -14,7 +14,8 @@ visual_search/triton/models/<model>/model.py (copied into each version directory
 symlinked (or copied) from artifacts/models at generation time; `--configs-only` writes just the
 config.pbtxt files (what is committed under model_repository/cpu and model_repository/gpu).
 
-Photo queries (`detect`, `detect_and_embed_default`) run `preprocess_query` -> `detector_query`:
+Photo queries (`detect`, `detect_and_embed_default`, `detect_and_embed_default_whole`) run
+`preprocess_query` -> `detector_query`:
 the same detector weights exported at contract.QUERY_DETECTOR_INPUT_SIZE (416), measured in
 benchmarks/detector_size.json; indexing (`detect_and_embed`, also all-objects queries) keeps 640.
 
@@ -55,7 +56,9 @@ MODELS_SRC = Path(__file__).resolve().parent / "models"
 PYTHON_MODELS = (N.PREPROCESS, N.PREPROCESS_QUERY, N.POSTPROCESS, N.CROP, N.SPLIT)
 # Models that share another model's code (the config says what differs: input size, weights).
 MODEL_SOURCE = {N.PREPROCESS_QUERY: N.PREPROCESS, N.DETECTOR_QUERY: N.DETECTOR}
-ENSEMBLES = (N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT)
+ENSEMBLES = (
+    N.DETECT, N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT, N.DETECT_AND_EMBED_DEFAULT_WHOLE,
+)
 
 DT = mc.DataType
 FP32, FP16, U8, I32, STR = DT.TYPE_FP32, DT.TYPE_FP16, DT.TYPE_UINT8, DT.TYPE_INT32, DT.TYPE_STRING
@@ -252,6 +255,7 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             _t(N.IMAGE_RGB, U8, [-1, -1, 3], optional=True),
             _t(N.BOXES, FP32, [-1, 4], optional=True),
             _t(N.SCORES_FOR_DEFAULT, FP32, [-1], optional=True),
+            _t(N.SCORES_FOR_DEFAULT_WHOLE, FP32, [-1], optional=True),
             _t(N.BOX, FP32, [4], optional=True),
         ],
         [_o(N.PIXELS_ALL, FP32, [-1, 3, S_ENC, S_ENC])],
@@ -336,7 +340,26 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
         ],
     )
-    for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT):  # the gateway checks these
+    # The "max" photo query in one round trip: the same detections, then ONE encoder request of
+    # batch 2 (default box, whole image), or 1 (whole image) when nothing was detected.
+    c[N.DETECT_AND_EMBED_DEFAULT_WHOLE] = _ensemble(
+        N.DETECT_AND_EMBED_DEFAULT_WHOLE,
+        [image],
+        [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
+        [
+            pre_q,
+            det_q,
+            post,
+            _step(
+                N.CROP,
+                {N.IMAGE_RGB: "_rgb", N.BOXES: N.BOXES, N.SCORES_FOR_DEFAULT_WHOLE: N.SCORES},
+                {N.PIXELS_ALL: "_pixels"},
+            ),
+            _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
+        ],
+    )
+    # the gateway checks these
+    for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT, N.DETECT_AND_EMBED_DEFAULT_WHOLE):
         _params(c[name], {N.ENCODER_VERSION_PARAM: version})
     if opts.python_instances < 1:
         raise ValueError(f"bad tuning: {opts.python_instances} python instances")
