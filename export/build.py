@@ -41,6 +41,22 @@ def _common(precision: str, calib_hash: str) -> dict[str, str]:
             "calibration_set": f"{N_CALIB} evenly spaced catalog-split images of ../shared/data/*"}
 
 
+def _encoder_common(calib_hash: str) -> dict[str, str]:
+    """Encoder metadata every recipe shares: input, output, licence, export facts."""
+    return {
+        "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
+                               f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
+                               f"std {C.IMAGENET_STD} (Lite0's TF scaling is applied inside the graph)",
+        "input_name": C.ENCODER_INPUT_NAME, "output_name": C.ENCODER_OUTPUT_NAME,
+        "embedding_dim": str(C.EMBEDDING_DIM), "embedding_dtype": C.EMBEDDING_DTYPE,
+        "source_weights": f"{encoder.OFFICIAL_URL} ; {encoder.LITE0_SOURCE}",
+        "source_weights_sha256": " ; ".join(encoder.weights_digests()),
+        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights); Apache-2.0 "
+                   "(EfficientNet-Lite0 ImageNet weights)",
+        **_common("fp32", calib_hash),
+    }
+
+
 def build_detector(calib_hash: str) -> dict[str, str]:
     dst = ARTIFACTS / FILES["detector_fp32"]
     meta = detector.export_fp32(dst)
@@ -81,8 +97,6 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
         "model_version": version, "embedding_model_version": version,
         "backbones": "MobileNetV2 (torchvision IMAGENET1K_V1) + EfficientNet-Lite0 (ImageNet), "
                      "last feature maps concatenated, each divided by its backbone_scales entry",
-        "source_weights": f"{encoder.OFFICIAL_URL} ; {encoder.LITE0_SOURCE}",
-        "source_weights_sha256": " ; ".join(encoder.weights_digests()),
         "backbone_scales": encoder.format_scales(scales),
         "pooling": HEAD.describe(), "head": HEAD.name,
         "projection": (f"linear {C.EMBEDDING_DIM}, PCA init then self-supervised contrastive "
@@ -91,14 +105,7 @@ def build_encoder(calib_hash: str) -> dict[str, str]:
         "projection_sha256": proj.digest(), "projection_fit_set_sha256": set_hash(fit),
         "projection_fit_set": f"all {len(fit)} catalog-split images of ../shared/data/* (no queries)"
                               + (" and their FP32 detections" if TRAINED_HEAD else ""),
-        "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
-                               f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
-                               f"std {C.IMAGENET_STD} (Lite0's TF scaling is applied inside the graph)",
-        "input_name": C.ENCODER_INPUT_NAME, "output_name": C.ENCODER_OUTPUT_NAME,
-        "embedding_dim": str(C.EMBEDDING_DIM), "embedding_dtype": C.EMBEDDING_DTYPE,
-        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights); Apache-2.0 "
-                   "(EfficientNet-Lite0 ImageNet weights)",
-        **_common("fp32", calib_hash),
+        **_encoder_common(calib_hash),
     }
     metadata.stamp(dst, meta)
     _check_encoder_parity(model, dst, fit[:16])
@@ -127,8 +134,6 @@ def build_per_block_encoder(calib_hash: str) -> dict[str, str]:
         "model_version": version, "embedding_model_version": version,
         "backbones": "MobileNetV2 (torchvision IMAGENET1K_V1) + EfficientNet-Lite0 (ImageNet), "
                      "last feature maps pooled, each backbone's descriptor L2-normalised on its own",
-        "source_weights": f"{encoder.OFFICIAL_URL} ; {encoder.LITE0_SOURCE}",
-        "source_weights_sha256": " ; ".join(encoder.weights_digests()),
         "backbone_scales": encoder.format_scales(scales), "normalisation": encoder.PER_BLOCK_TAG,
         "pooling": HEAD.describe(), "head": HEAD.name,
         "projection": f"uncentred PCA {C.EMBEDDING_DIM} (no mean subtracted, no whitening) of the "
@@ -137,14 +142,7 @@ def build_per_block_encoder(calib_hash: str) -> dict[str, str]:
         "projection_fit_set": f"all {len(fit)} catalog-split images of ../shared/data/{{{','.join(names)}}} "
                               f"and their FP32 detections ({entries} entries; no queries, no labels)",
         "projection_fit_sets": ",".join(names),
-        "input_normalisation": f"RGB, resize shorter side {C.ENCODER_RESIZE}, centre crop "
-                               f"{C.ENCODER_INPUT_SIZE}, ImageNet mean {C.IMAGENET_MEAN} "
-                               f"std {C.IMAGENET_STD} (Lite0's TF scaling is applied inside the graph)",
-        "input_name": C.ENCODER_INPUT_NAME, "output_name": C.ENCODER_OUTPUT_NAME,
-        "embedding_dim": str(C.EMBEDDING_DIM), "embedding_dtype": C.EMBEDDING_DTYPE,
-        "license": "BSD-3-Clause (torchvision MobileNetV2 ImageNet weights); Apache-2.0 "
-                   "(EfficientNet-Lite0 ImageNet weights)",
-        **_common("fp32", calib_hash),
+        **_encoder_common(calib_hash),
     }
     metadata.stamp(dst, meta)
     _check_encoder_parity(net, dst, fit[:16])

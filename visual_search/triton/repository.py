@@ -322,42 +322,25 @@ def build_configs(opts: Options) -> dict[str, mc.ModelConfig]:
             ),
         ],
     )
-    # A default-box photo query in one round trip (one decode inside Triton): detections, then the
-    # encoder on the most salient box only (or the whole image when nothing was detected).
-    c[N.DETECT_AND_EMBED_DEFAULT] = _ensemble(
-        N.DETECT_AND_EMBED_DEFAULT,
-        [image],
-        [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
-        [
-            pre_q,
-            det_q,
-            post,
-            _step(
-                N.CROP,
-                {N.IMAGE_RGB: "_rgb", N.BOXES: N.BOXES, N.SCORES_FOR_DEFAULT: N.SCORES},
-                {N.PIXELS_ALL: "_pixels"},
-            ),
-            _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
-        ],
-    )
-    # The "max" photo query in one round trip: the same detections, then ONE encoder request of
-    # batch 2 (default box, whole image), or 1 (whole image) when nothing was detected.
-    c[N.DETECT_AND_EMBED_DEFAULT_WHOLE] = _ensemble(
-        N.DETECT_AND_EMBED_DEFAULT_WHOLE,
-        [image],
-        [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
-        [
-            pre_q,
-            det_q,
-            post,
-            _step(
-                N.CROP,
-                {N.IMAGE_RGB: "_rgb", N.BOXES: N.BOXES, N.SCORES_FOR_DEFAULT_WHOLE: N.SCORES},
-                {N.PIXELS_ALL: "_pixels"},
-            ),
-            _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
-        ],
-    )
+    # One-call photo queries (one decode inside Triton): detections, then ONE encoder request -
+    # DETECT_AND_EMBED_DEFAULT: the most salient box only (batch 1); DETECT_AND_EMBED_DEFAULT_WHOLE
+    # ("max" strategy): the default box and the whole image (batch 2). Both: the whole image alone
+    # when nothing was detected.
+    for name, scores_input in ((N.DETECT_AND_EMBED_DEFAULT, N.SCORES_FOR_DEFAULT),
+                               (N.DETECT_AND_EMBED_DEFAULT_WHOLE, N.SCORES_FOR_DEFAULT_WHOLE)):
+        c[name] = _ensemble(
+            name,
+            [image],
+            [boxes, scores, classes, _o(N.EMBEDDING, FP16, [-1, D])],
+            [
+                pre_q,
+                det_q,
+                post,
+                _step(N.CROP, {N.IMAGE_RGB: "_rgb", N.BOXES: N.BOXES, scores_input: N.SCORES},
+                      {N.PIXELS_ALL: "_pixels"}),
+                _step(N.ENCODER, {enc_in: "_pixels"}, {enc_out: N.EMBEDDING}),
+            ],
+        )
     # the gateway checks these
     for name in (N.EMBED, N.DETECT_AND_EMBED, N.DETECT_AND_EMBED_DEFAULT, N.DETECT_AND_EMBED_DEFAULT_WHOLE):
         _params(c[name], {N.ENCODER_VERSION_PARAM: version})
