@@ -38,6 +38,7 @@ def tiny_manifest(tmp: Path) -> Path:
 def test_eval_inprocess_and_served_agree(tmp_path: Path) -> None:
     manifest = tiny_manifest(tmp_path)
     out = tmp_path / "eval.json"
+    out.write_text(json.dumps({"crossset": {"rows": "kept"}, "results": ["replaced"]}))
     rc = cli.main(
         [
             "eval",
@@ -56,6 +57,7 @@ def test_eval_inprocess_and_served_agree(tmp_path: Path) -> None:
     )
     assert rc == 0
     report = json.loads(out.read_text())
+    assert report["crossset"] == {"rows": "kept"}  # the cross-set protocol's rows share the file
     rows = {r["config"]: r for r in report["results"]}
     assert report["hardware"]["cpus"] >= 1 and report["seconds"] > 0
     for r in rows.values():

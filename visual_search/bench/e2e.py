@@ -159,15 +159,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"photo_queries": [], "vector_queries": []}
     if args.baseline:
         results["photo_queries_baseline_two_calls"] = []
+    other_key = f"photo_queries_strategy_{args.compare_strategy}"
+    if args.compare_strategy:
+        results[other_key] = []
     with (
         tempfile.TemporaryDirectory(prefix="vsearch-bench-") as tmp,
         Stack(StackOptions(Path(tmp), shards=args.shards, precision=args.precision,
                            gateway_args=["--query-strategy", args.query_strategy])) as stack,
         contextlib.ExitStack() as extra,
     ):
-        baseline = None
+        baseline = other = None
         if args.baseline:
             _, baseline = extra.enter_context(baseline_stack(stack, Path(tmp) / "baseline"))
+        if args.compare_strategy:  # same Triton and shards, the other strategy's one-call path
+            from visual_search.gateway.process import GatewayProcess
+
+            other = extra.enter_context(GatewayProcess(
+                stack.shard_spec(), triton_url=stack.triton.grpc_url,
+                log_path=Path(tmp) / "gateway-other.log",
+                extra_args=["--query-strategy", args.compare_strategy]))
         seed_s = _seed_shards(stack, args.items)
         print(f"seeded {args.items} items in {seed_s:.1f}s", flush=True)
         time.sleep(args.settle)
@@ -193,6 +203,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r = asyncio.run(_drive(baseline.address, photo_req, c, args.seconds))
                 results["photo_queries_baseline_two_calls"].append(r)
                 print("photo baseline (two calls)", json.dumps(r), flush=True)
+            if other is not None:
+                r = asyncio.run(_drive(other.address, photo_req, c, args.seconds))
+                results[other_key].append(r)
+                print(f"photo strategy {args.compare_strategy}", json.dumps(r), flush=True)
             r = asyncio.run(_drive(stack.gateway.address, photo_req, c, args.seconds))
             results["photo_queries"].append(r)
             print("photo", json.dumps(r), flush=True)
@@ -241,6 +255,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--query-strategy", default=GatewayConfig.query_strategy, choices=QUERY_STRATEGIES,
                    help="the measured gateway's strategy for default photo queries (the baseline is "
                    "default-box, two calls)")
+    p.add_argument("--compare-strategy", choices=QUERY_STRATEGIES,
+                   help="also drive a gateway with this query strategy on the same Triton and shards "
+                   "(one call), in turn at each concurrency")
     p.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,

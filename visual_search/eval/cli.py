@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -253,13 +254,18 @@ def run(args: argparse.Namespace) -> int:
     out = {
         "command": "vsearch eval",
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-        "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": _cpus()},
+        "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": _cpus(),
+                     "loadavg": [round(x, 2) for x in os.getloadavg()]},
         "manifests": [str(m) for m in manifests],
         "relevance": "same label; recall@K is reported beside max_recall@K (its ceiling)",
         "seconds": time.monotonic() - t0,
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # the cross-set protocol's rows live under "crossset" in the same file: keep them
+    prev = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    if "crossset" in prev:
+        out["crossset"] = prev["crossset"]
     Path(args.out).write_text(json.dumps(out, indent=1))
     if args.plot and any(r["config"].startswith("sweep") for r in rows):
         plot_sweep(rows, Path(args.plot))
