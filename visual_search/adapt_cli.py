@@ -45,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-photos", type=int, help="photos used, evenly spaced (default 1000)")
     p.add_argument("--base", help="model directory to adapt from (default artifacts/models)")
     p.add_argument("--skip-int8", action="store_true", help="FP32 only")
+    srv = p.add_argument_group("serve the adapted model (one command from catalog to serving)")
+    srv.add_argument("--serve", action="store_true",
+                     help="then start Triton + shards + gateway on loopback with the adapted model, index "
+                     "the catalog's photos into it (progress, estimate) and serve until Ctrl-C")
+    srv.add_argument("--serve-run-dir", default="run/adapted-stack", help="shard data and logs")
+    srv.add_argument("--serve-shards", type=int, default=2)
+    srv.add_argument("--serve-port", type=int, default=0, help="gateway port (0 = a free port)")
+    srv.add_argument("--serve-max-items", type=int, default=0, help="index at most this many photos")
     p.set_defaults(func=run)
 
 
@@ -60,7 +68,16 @@ def run(args: argparse.Namespace) -> int:
             argv += [f"--{name.replace('_', '-')}", str(v)]
     if args.skip_int8:
         argv.append("--skip-int8")
-    return run_export_module("export.adapt", argv)
+    rc = run_export_module("export.adapt", argv)
+    if rc != 0 or not args.serve:
+        return rc
+    from visual_search.adapt_serve import ServeOptions, serve
+
+    return serve(ServeOptions(
+        model_dir=Path(args.out).resolve(), source=Path(args.manifest or args.folder).resolve(),
+        run_dir=Path(args.serve_run_dir), shards=args.serve_shards, port=args.serve_port,
+        max_items=args.serve_max_items,
+    ))
 
 
 if __name__ == "__main__":

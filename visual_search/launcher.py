@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import random
@@ -57,6 +58,30 @@ class StackOptions:
     # Restart Triton / a shard that exits (process group killed, Triton's shm removed, backoff).
     supervise: bool = True
     supervise_kw: dict[str, float] = field(default_factory=dict)  # Supervisor(...) overrides
+    # Serve the models of this directory (an exported or `vsearch adapt`ed model: ONNX files +
+    # manifest.json) instead of artifacts/models; each at its manifest's default precision.
+    model_dir: Path | None = None
+
+
+def model_dir_options(model_dir: Path, precision: str = "auto") -> Any:
+    """Triton repository options serving `model_dir`'s ONNX files (its manifest's default precision
+    per model under `auto`); SystemExit naming what is missing."""
+    from visual_search.triton.repository import Options
+
+    try:
+        man = json.loads((model_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{model_dir}: no readable manifest.json ({e})") from e
+    default = man.get("default_precision", {})
+    det = precision if precision != "auto" else default.get("detector", "fp32")
+    enc = precision if precision != "auto" else default.get("encoder", "fp32")
+    paths = {"detector": model_dir / f"detector_{det}.onnx", "encoder": model_dir / f"encoder_{enc}.onnx",
+             "query": model_dir / "detector_query_fp32.onnx"}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"{model_dir}: missing {', '.join(missing)}")
+    return Options(precision=enc, detector_path=paths["detector"], encoder_path=paths["encoder"],
+                   query_detector_path=paths["query"])
 
 
 class Stack:
@@ -76,6 +101,8 @@ class Stack:
         from visual_search import models
         from visual_search.triton.repository import Options
 
+        if self.opts.model_dir is not None:
+            return model_dir_options(self.opts.model_dir, self.opts.precision)
         if self.opts.precision != "auto":
             return Options(precision=self.opts.precision)
         det, enc = models.default_precision("detector"), models.default_precision("encoder")
@@ -207,7 +234,7 @@ class Stack:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
@@ -253,7 +280,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     opts = StackOptions(Path(args.run_dir), args.shards, args.replicas, args.port, args.precision)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             with Stack(opts) as stack:
                 print(f"stack ready in {time.monotonic() - t0:.1f}s (model {stack.model_version})")
@@ -298,7 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"{manifest} not found (the shared data lives at <repo>/../shared)")
     catalog, queries = _sample_catalog(manifest, args.per_label, args.queries, args.seed)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="vsearch-demo-") as tmp, _sigterm_as_interrupt():
+    with tempfile.TemporaryDirectory(prefix="vsearch-demo-") as tmp, sigterm_as_interrupt():
         opts = StackOptions(Path(tmp), args.shards, args.replicas, args.port, args.precision)
         print(
             f"== starting tritonserver (CPU), {args.shards} search shards and the gateway on loopback "

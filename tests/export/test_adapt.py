@@ -101,3 +101,46 @@ def test_adapt_rejects_a_manifest_with_missing_photos(tmp_path: Path) -> None:
     r = _vsearch("adapt", "--manifest", str(m), "--out", str(tmp_path / "o"), timeout=300)
     assert r.returncode != 0
     assert "missing" in r.stderr and "nope.jpg" in r.stderr
+
+
+@pytest.mark.slow
+def test_adapt_serve_goes_from_catalog_to_serving_the_adapted_model(tmp_path: Path) -> None:
+    """One command: adapt, start Triton + shards + gateway with the adapted model, index the
+    catalog, serve; a catalog photo then finds itself under the adapted model version."""
+    import re
+    import select
+    import signal
+    import time
+
+    from visual_search.client import Client
+
+    _need_export_env()
+    manifest, photos = _tiny_manifest(tmp_path / "catalog")
+    out = tmp_path / "adapted"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visual_search.cli", "adapt", "--manifest", str(manifest), "--out", str(out),
+         "--steps", "3", "--skip-int8", "--serve", "--serve-run-dir", str(tmp_path / "stack"),
+         "--serve-shards", "1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 900
+        while not any(line.startswith("try: vsearch search") for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines[-40:])
+            if select.select([proc.stdout], [], [], 5)[0]:
+                lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        assert "left" in text and f"indexed {len(photos)} of {len(photos)} photos (0 failed)" in text, text
+        gateway = re.search(r"^\s+gateway\s+(\S+)$", text, re.M)
+        assert gateway, text
+        version = json.loads((out / "manifest.json").read_text())["encoder_model_version"]["fp32"]
+        with Client(gateway.group(1), timeout=60) as c:
+            res = c.search(image=photos[0].read_bytes(), k=3)
+        assert res.model_version == version != M.load_manifest()["encoder_model_version"]["fp32"]
+        assert res.hits[0].exact_match and photos[0].name in res.hits[0].item_id
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "[serve] stopped" in rest, rest[-2000:]
