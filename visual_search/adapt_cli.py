@@ -53,6 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     srv.add_argument("--serve-shards", type=int, default=2)
     srv.add_argument("--serve-port", type=int, default=0, help="gateway port (0 = a free port)")
     srv.add_argument("--serve-max-items", type=int, default=0, help="index at most this many photos")
+    cut = p.add_argument_group("cut a live gateway over to the adapted model (one command)")
+    cut.add_argument("--cutover", action="store_true",
+                     help="then start the adapted Triton + fresh shards and run `vsearch cutover run` "
+                     "against the live gateway (re-embed the catalog, canary, switch); keep them up")
+    cut.add_argument("--admin", default=os.environ.get("VSEARCH_ADMIN"),
+                     help="live gateway's admin host:port [env VSEARCH_ADMIN]")
+    cut.add_argument("--admin-token", default=os.environ.get("VSEARCH_ADMIN_TOKEN"),
+                     help="[env VSEARCH_ADMIN_TOKEN]")
+    cut.add_argument("--gateway", help="live public address: canary again after the switch (auto-rollback)")
+    cut.add_argument("--token", default=os.environ.get("VSEARCH_AUTH_TOKEN"), help="public API token [env]")
+    cut.add_argument("--probes", help="canary probe set (`vsearch canary build`; `--expect labels` sets do "
+                     "not depend on the old model's answers)")
+    cut.add_argument("--min-recall", type=float, default=0.9, help="canary recall the new model must reach")
     p.set_defaults(func=run)
 
 
@@ -68,10 +81,22 @@ def run(args: argparse.Namespace) -> int:
             argv += [f"--{name.replace('_', '-')}", str(v)]
     if args.skip_int8:
         argv.append("--skip-int8")
+    if args.serve and args.cutover:
+        raise SystemExit("vsearch adapt: --serve (a new local stack) or --cutover (a live gateway), not both")
+    if args.cutover and not (args.admin and args.probes):
+        raise SystemExit("vsearch adapt --cutover needs --admin (the live gateway's admin port) and --probes")
     rc = run_export_module("export.adapt", argv)
-    if rc != 0 or not args.serve:
+    if rc != 0 or not (args.serve or args.cutover):
         return rc
-    from visual_search.adapt_serve import ServeOptions, serve
+    from visual_search.adapt_serve import CutoverOptions, ServeOptions, cutover_live, serve
+
+    if args.cutover:
+        return cutover_live(CutoverOptions(
+            model_dir=Path(args.out).resolve(), source=Path(args.manifest or args.folder).resolve(),
+            run_dir=Path(args.serve_run_dir), admin=args.admin, probes=Path(args.probes),
+            admin_token=args.admin_token, gateway=args.gateway, gateway_token=args.token,
+            min_recall=args.min_recall,
+        ))
 
     return serve(ServeOptions(
         model_dir=Path(args.out).resolve(), source=Path(args.manifest or args.folder).resolve(),

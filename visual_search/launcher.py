@@ -61,6 +61,7 @@ class StackOptions:
     # Serve the models of this directory (an exported or `vsearch adapt`ed model: ONNX files +
     # manifest.json) instead of artifacts/models; each at its manifest's default precision.
     model_dir: Path | None = None
+    gateway: bool = True  # False: Triton + shards only (a new generation for a live gateway's cutover)
 
 
 def model_dir_options(model_dir: Path, precision: str = "auto") -> Any:
@@ -147,13 +148,14 @@ class Stack:
                     self.shards.append(sp.start(wait=False))
             for sp in self.shards:
                 wait_healthy(sp.address, 120, sp.proc)
-            self.gateway = GatewayProcess(
-                self.shard_spec(),
-                triton_url=self.triton.grpc_url,
-                log_path=run / "gateway.log",
-                port=self.opts.gateway_port or None,
-                extra_args=self.opts.gateway_args,
-            ).start()
+            if self.opts.gateway:
+                self.gateway = GatewayProcess(
+                    self.shard_spec(),
+                    triton_url=self.triton.grpc_url,
+                    log_path=run / "gateway.log",
+                    port=self.opts.gateway_port or None,
+                    extra_args=self.opts.gateway_args,
+                ).start()
             if self.opts.supervise:
                 self.supervisor = self._supervisor().start()
         except BaseException:
@@ -201,9 +203,11 @@ class Stack:
         return ";".join(",".join(p.address for p in g) for g in groups)
 
     def endpoints(self) -> dict[str, str]:
-        out = {
+        out = {} if self.gateway is None else {
             "gateway": self.gateway.address,
             "gateway_metrics": self.gateway.metrics_url,
+        }
+        out |= {
             "triton_grpc": self.triton.grpc_url,
             "triton_metrics": f"http://127.0.0.1:{self.triton.metrics_port}/metrics",
             "shards": self.shard_spec(),

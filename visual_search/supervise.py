@@ -36,11 +36,47 @@ log = logging.getLogger("vsearch.supervise")
 
 
 # --- ports and process groups --------------------------------------------------------------------
+_HANDED_OUT: set[int] = set()
+_PORT_LOCK = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (small race window; fine for local processes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on loopback right now, for a listener started soon after.
+
+    Picked below the kernel's ephemeral range: a port from bind(0) is an ephemeral one, which an
+    outgoing connection of another local process can take as its source port before our listener
+    binds it ("Address already in use", seen when a whole chart's pods start at once). Never the
+    same port twice in one process. Falls back to bind(0) if the low range is exhausted.
+    """
+    import random
+
+    lo, _ = _ephemeral_range()
+    rng = random.Random()
+    with _PORT_LOCK:
+        for _ in range(200):
+            port = rng.randrange(20000, max(20001, lo))
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
 
 
 def spawn(

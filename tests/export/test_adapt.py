@@ -147,3 +147,62 @@ def test_adapt_serve_goes_from_catalog_to_serving_the_adapted_model(tmp_path: Pa
         reader.join(timeout=10)
     rest = "".join(lines)
     assert proc.returncode == 0 and "[serve] stopped" in rest, rest[-2000:]
+
+
+@pytest.mark.slow
+def test_adapt_cutover_moves_a_live_gateway_to_the_adapted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command against a live gateway: adapt, start the adapted Triton + new shards, re-embed
+    the catalog, canary, switch; the live gateway then answers with the adapted version."""
+    import signal
+    import threading
+    import time
+
+    from visual_search.client import Client, IndexItem
+    from visual_search.client_cli import iter_source
+    from visual_search.eval import canary
+    from visual_search.launcher import Stack, StackOptions
+    from visual_search.supervise import free_port
+
+    _need_export_env()
+    manifest, photos = _tiny_manifest(tmp_path / "catalog")
+    token, admin_port = "adapt-cutover-admin", free_port()
+    monkeypatch.setenv("VSEARCH_ADMIN_TOKEN", token)
+    with Stack(StackOptions(tmp_path / "live", shards=2, gateway_args=["--admin-port", str(admin_port)],
+                            supervise=False)) as live:
+        old = live.model_version
+        with Client(live.gateway.address, timeout=120) as c:
+            assert all(r.ok for r in c.index(IndexItem(i, p.read_bytes(), category=lab)
+                                             for i, p, lab in iter_source(manifest)))
+        ps, paths = canary.build_from_labels(manifest, 2, 5)
+        canary.save_probes(ps, tmp_path / "probes.json", paths=paths)
+        out = tmp_path / "adapted"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visual_search.cli", "adapt", "--manifest", str(manifest),
+             "--out", str(out), "--steps", "3", "--skip-int8", "--cutover",
+             "--admin", f"127.0.0.1:{admin_port}", "--probes", str(tmp_path / "probes.json"),
+             "--min-recall", "0", "--gateway", live.gateway.address,
+             "--serve-run-dir", str(tmp_path / "new")],
+            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 900
+            while not any("the live gateway serves" in line for line in list(lines)):
+                assert time.monotonic() < deadline and proc.poll() is None, "".join(lines[-60:])
+                time.sleep(1)
+            new = json.loads((out / "manifest.json").read_text())["encoder_model_version"]["fp32"]
+            with Client(live.gateway.address, timeout=60) as c:
+                res = c.search(image=photos[1].read_bytes(), k=3)
+            assert res.model_version == new != old
+            assert res.hits[0].item_id.endswith(photos[1].stem)  # the catalog was re-embedded
+            assert f"re-embedded {len(photos)} items" in "".join(lines)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+            reader.join(timeout=10)
+    assert proc.returncode == 0 and "[cutover] stopped" in "".join(lines), "".join(lines)[-3000:]
