@@ -65,6 +65,45 @@ def _embed(path: Path, photos: list[Path]) -> np.ndarray:
     return np.asarray(s.run(None, {C.ENCODER_INPUT_NAME: x})[0], np.float32)
 
 
+class _Adapt:
+    """`vsearch adapt ARGS` as a child process whose output lines are collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "visual_search.cli", "adapt", *args], cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "2"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        self.lines: list[str] = []
+        out = self.proc.stdout
+        assert out is not None
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(out.readline, "")), daemon=True)
+        self.reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(list(self.lines))
+
+    def wait_for(self, marker: str, timeout: float = 900) -> str:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while marker not in self.text:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.text[-4000:]
+            time.sleep(1)
+        return self.text
+
+    def stop(self) -> str:
+        """SIGTERM (what Ctrl-C / a service manager sends), wait, and return the whole output."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+        self.reader.join(timeout=10)
+        return self.text
+
+
 @pytest.mark.slow
 def test_adapt_tiny_catalog_exports_a_new_servable_model(tmp_path: Path) -> None:
     _need_export_env()
@@ -108,31 +147,16 @@ def test_adapt_serve_goes_from_catalog_to_serving_the_adapted_model(tmp_path: Pa
     """One command: adapt, start Triton + shards + gateway with the adapted model, index the
     catalog, serve; a catalog photo then finds itself under the adapted model version."""
     import re
-    import signal
-    import threading
-    import time
 
     from visual_search.client import Client
 
     _need_export_env()
     manifest, photos = _tiny_manifest(tmp_path / "catalog")
     out = tmp_path / "adapted"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visual_search.cli", "adapt", "--manifest", str(manifest), "--out", str(out),
-         "--steps", "3", "--skip-int8", "--serve", "--serve-run-dir", str(tmp_path / "stack"),
-         "--serve-shards", "1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    run = _Adapt("--manifest", str(manifest), "--out", str(out), "--steps", "3", "--skip-int8", "--serve",
+                 "--serve-run-dir", str(tmp_path / "stack"), "--serve-shards", "1")
     try:
-        deadline = time.monotonic() + 900
-        while not any(line.startswith("try: vsearch search") for line in list(lines)):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines[-40:])
-            time.sleep(1)
-        text = "".join(lines)
+        text = run.wait_for("try: vsearch search")
         assert "left" in text and f"indexed {len(photos)} of {len(photos)} photos (0 failed)" in text, text
         gateway = re.search(r"^\s+gateway\s+(\S+)$", text, re.M)
         assert gateway, text
@@ -142,11 +166,8 @@ def test_adapt_serve_goes_from_catalog_to_serving_the_adapted_model(tmp_path: Pa
         assert res.model_version == version != M.load_manifest()["encoder_model_version"]["fp32"]
         assert res.hits[0].exact_match and res.hits[0].item_id.endswith(photos[0].stem)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-        reader.join(timeout=10)
-    rest = "".join(lines)
-    assert proc.returncode == 0 and "[serve] stopped" in rest, rest[-2000:]
+        rest = run.stop()
+    assert run.proc.returncode == 0 and "[serve] stopped" in rest, rest[-2000:]
 
 
 @pytest.mark.slow
@@ -155,10 +176,6 @@ def test_adapt_cutover_moves_a_live_gateway_to_the_adapted_model(
 ) -> None:
     """One command against a live gateway: adapt, start the adapted Triton + new shards, re-embed
     the catalog, canary, switch; the live gateway then answers with the adapted version."""
-    import signal
-    import threading
-    import time
-
     from visual_search.client import Client, IndexItem
     from visual_search.client_cli import iter_source
     from visual_search.eval import canary
@@ -178,31 +195,19 @@ def test_adapt_cutover_moves_a_live_gateway_to_the_adapted_model(
         ps, paths = canary.build_from_labels(manifest, 2, 5)
         canary.save_probes(ps, tmp_path / "probes.json", paths=paths)
         out = tmp_path / "adapted"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "visual_search.cli", "adapt", "--manifest", str(manifest),
-             "--out", str(out), "--steps", "3", "--skip-int8", "--cutover",
-             "--admin", f"127.0.0.1:{admin_port}", "--probes", str(tmp_path / "probes.json"),
-             "--min-recall", "0", "--gateway", live.gateway.address,
-             "--serve-run-dir", str(tmp_path / "new")],
-            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
-        lines: list[str] = []
-        assert proc.stdout is not None
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-        reader.start()
+        run = _Adapt("--manifest", str(manifest), "--out", str(out), "--steps", "3", "--skip-int8",
+                     "--cutover", "--admin", f"127.0.0.1:{admin_port}",
+                     "--probes", str(tmp_path / "probes.json"),
+                     "--min-recall", "0", "--gateway", live.gateway.address,
+                     "--serve-run-dir", str(tmp_path / "new"))
         try:
-            deadline = time.monotonic() + 900
-            while not any("the live gateway serves" in line for line in list(lines)):
-                assert time.monotonic() < deadline and proc.poll() is None, "".join(lines[-60:])
-                time.sleep(1)
+            text = run.wait_for("the live gateway serves")
             new = json.loads((out / "manifest.json").read_text())["encoder_model_version"]["fp32"]
             with Client(live.gateway.address, timeout=60) as c:
                 res = c.search(image=photos[1].read_bytes(), k=3)
             assert res.model_version == new != old
             assert res.hits[0].item_id.endswith(photos[1].stem)  # the catalog was re-embedded
-            assert f"re-embedded {len(photos)} items" in "".join(lines)
+            assert f"re-embedded {len(photos)} items" in text
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
-            reader.join(timeout=10)
-    assert proc.returncode == 0 and "[cutover] stopped" in "".join(lines), "".join(lines)[-3000:]
+            rest = run.stop()
+    assert run.proc.returncode == 0 and "[cutover] stopped" in rest, rest[-3000:]
