@@ -135,7 +135,8 @@ def test_training_transition_and_recall(tmp_path: Path, pq_bits: int) -> None:
     started, msg = eng.rebuild(wait=True)
     assert started and eng.index.trained, msg
     suffix = "x4fs" if pq_bits == 4 else ""
-    assert eng.index.description == f"IVF{choose_nlist(4000)},PQ32{suffix}"
+    pca = f"PCA{IndexConfig.pca_dim}," if DIM > IndexConfig.pca_dim > 0 else ""  # wide vectors: PCA first
+    assert eng.index.description == f"{pca}IVF{choose_nlist(4000)},PQ32{suffix}"
     assert eng.tombstones == 0 and eng.rebuild_due() is None
     qs = vecs[:30] + 0.1 * unit_vectors(30, seed=5)
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visual_search.shard.config import IndexConfig
+
 _MIB = 1024 * 1024
 
 
@@ -41,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-points", type=int, default=200_000)
     p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--rescore-k", type=int, nargs="+", default=[0, 100, 300, 1000])
-    p.add_argument("--variants", nargs="+", default=["PQ32", "PQ32x4fs"], help="first-stage PQ variants")
+    p.add_argument("--variants", nargs="+", default=["PCA256,PQ32", "PQ32", "PQ32x4fs"],
+                   help="first-stage variants: PQ32, PQ32x4fs, optionally prefixed 'PCA<d>,' (the shard's "
+                   "default for vectors wider than IndexConfig.pca_dim)")
     p.add_argument("--latency-queries", type=int, default=300, help="batch-1 queries timed per config")
     p.add_argument("--flat-queries", type=int, default=20, help="batch-1 queries timed on exact flat")
     p.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads")
@@ -87,6 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="", help="JSON path (default benchmarks/shard_<n>.json)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+
+
+def variant_config(variant: str, train_points: int) -> IndexConfig:
+    """IndexConfig of a first-stage variant name: "PQ32", "PQ32x4fs", with an optional "PCA<d>,"
+    prefix (the PCA pre-transform, IndexConfig.pca_dim; without it: none)."""
+    pca = int(variant.split(",")[0][3:]) if variant.startswith("PCA") else 0
+    return IndexConfig(pq_bits=4 if variant.endswith("x4fs") else 8, max_train_points=train_points,
+                       use_gpu=False, pca_dim=pca)
 
 
 def clustered(n: int, dim: int, clusters: int, spread: float, rng: Any) -> Any:
@@ -176,7 +188,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     import numpy as np
 
     from visual_search import contract
-    from visual_search.shard.index import AnnIndex, IndexConfig, choose_nlist
+    from visual_search.shard.index import AnnIndex, choose_nlist
 
     faiss.omp_set_num_threads(args.threads)
     dim = contract.EMBEDDING_DIM
@@ -235,8 +247,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - a linear script
     result["variants"] = {}
     best_index = None
     for variant in args.variants[:1] if engine_only else args.variants:
-        bits = 4 if variant.endswith("x4fs") else 8
-        cfg = IndexConfig(pq_bits=bits, max_train_points=args.train_points, use_gpu=False)
+        cfg = variant_config(variant, args.train_points)
         cached = cache / f"ivf-{key}.faiss" if cache is not None else None
         if cached is not None and cached.exists():  # --cache-dir with --only engine: train + add once
             meta = json.loads(cached.with_suffix(".json").read_text())
@@ -388,7 +399,7 @@ def _run_grpc_only(args: argparse.Namespace, result: dict[str, Any], xb: Any, xq
     import numpy as np
 
     from visual_search import contract
-    from visual_search.shard.index import AnnIndex, IndexConfig
+    from visual_search.shard.index import AnnIndex
 
     variant = args.variants[0]
     cache = Path(args.cache_dir) if args.cache_dir else None
@@ -396,9 +407,7 @@ def _run_grpc_only(args: argparse.Namespace, result: dict[str, Any], xb: Any, xq
     data_dir = cache / f"data-{key}" if cache else None
     ann = None
     if data_dir is None or not (data_dir / "snapshots").is_dir():
-        cfg = IndexConfig(
-            pq_bits=4 if variant.endswith("x4fs") else 8, max_train_points=args.train_points, use_gpu=False
-        )
+        cfg = variant_config(variant, args.train_points)
         t = time.time()
         ann = AnnIndex.train_ivfpq(contract.EMBEDDING_DIM, xb, cfg, rng=np.random.default_rng(args.seed))
         result["train_s"] = round(time.time() - t, 1)

@@ -79,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="8 = PQ32 (R11), 4 = fast-scan",
     )
     p.add_argument("--nlist", type=int, default=IndexConfig.nlist, help="IVF lists (0 = from data size)")
+    p.add_argument("--pca-dim", type=int, default=IndexConfig.pca_dim,
+                   help="IVF-PQ on a PCA to this many dims when vectors are wider (0 = off)")
     p.add_argument("--nprobe", type=int, default=IndexConfig.default_nprobe, help="default nprobe")
     p.add_argument(
         "--rescore-k", type=int, default=EngineConfig.default_rescore_k, help="default re-scored candidates"

@@ -67,6 +67,8 @@ class AnnIndex:
         nlist = cfg.nlist or choose_nlist(n)
         suffix = "x4fs" if cfg.pq_bits == 4 else ("" if cfg.pq_bits == 8 else f"x{cfg.pq_bits}")
         desc = f"IVF{nlist},PQ{cfg.pq_m}{suffix}"
+        if cfg.pca_dim and dim > cfg.pca_dim:
+            desc = f"PCA{cfg.pca_dim},{desc}"  # see IndexConfig.pca_dim
         index = faiss.index_factory(dim, desc, faiss.METRIC_INNER_PRODUCT)
         rng = rng or np.random.default_rng(0)
         n_train = min(n, max(cfg.max_train_points, 0))
@@ -130,4 +132,5 @@ class AnnIndex:
         else:
             codes = sum(sizes) * inv.code_size
         total = codes + sum(sizes) * 8  # + 64-bit ids
-        return int(total + ivf.nlist * ivf.d * 4)
+        pre = self.cpu_index.d * ivf.d * 4 if self.cpu_index.d != ivf.d else 0  # PCA matrix, if any
+        return int(total + ivf.nlist * ivf.d * 4 + pre)

@@ -48,6 +48,7 @@ def config_from_args(a: argparse.Namespace) -> EngineConfig:
             train_threshold=a.train_threshold,
             nlist=a.nlist,
             default_nprobe=a.nprobe,
+            pca_dim=a.pca_dim,
             use_gpu=not a.no_gpu,
         ),
         default_rescore_k=a.rescore_k,
