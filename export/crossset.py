@@ -39,6 +39,7 @@ from export import head
 from export.encoder import BLOCK, PER_BLOCK_TAG, Projection, fit_pca, fit_uncentered_pca, per_block_l2
 from export.env import ARTIFACTS, DATASETS, REPO, SHARED
 from export.features import SetFeatures, cached
+from visual_search import contract as C
 from visual_search.eval import metrics as M
 
 SETS = ("oxford_pets_dogs", "grocery_packages_dev", "clothing10_cc0")
@@ -71,29 +72,14 @@ class Model:
 
 
 @dataclass
-class PerBlockModel:
-    """Candidate recipes that generalise better (measured here, not shipped): per-block L2 GeM, then
-    an *uncentered* PCA to `dim` (an SVD of the raw unit vectors: the shared mean direction is kept,
-    not subtracted as the fit domain's mean) or, components None, no projection at all (2560-d)."""
+class FitFreeModel:
+    """Per-block L2 GeM with nothing fitted (2560-d): the shipped recipe without its projection."""
 
-    components: np.ndarray | None  # [dim, 2560] or None
     fitted_on: list[str]
     recipe: str
 
     def vectors(self, f: SetFeatures, rows: np.ndarray) -> np.ndarray:
-        v = per_block_l2(f.gem[rows])
-        if self.components is None:
-            return v
-        y = v @ self.components.T
-        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def fit_per_block(sets: dict[str, SetFeatures], names: list[str], dim: int | None) -> PerBlockModel:
-    """Uncentered PCA on every catalog entry (photos and detected objects) of `names`."""
-    if dim is None:
-        return PerBlockModel(None, [], "per-block L2 GeM, 2560-d, nothing fitted")
-    return PerBlockModel(fit_uncentered_pca(catalog_units(sets, names), dim).components, list(names),
-                         f"per-block L2 GeM + uncentered PCA {dim}")
+        return per_block_l2(f.gem[rows])
 
 
 def catalog_units(sets: dict[str, SetFeatures], names: list[str]) -> np.ndarray:
@@ -101,11 +87,11 @@ def catalog_units(sets: dict[str, SetFeatures], names: list[str]) -> np.ndarray:
     return np.concatenate([per_block_l2(sets[n].gem[np.flatnonzero(sets[n].map_row >= 0)]) for n in names])
 
 
-def fit_shipped(sets: dict[str, SetFeatures], names: list[str]) -> Model:
-    """The shipped recipe (export/build.py) fitted on the catalog entries of `names` only."""
-    proj = fit_uncentered_pca(catalog_units(sets, names))
-    recipe = f"per-block L2 GeM + uncentered PCA {proj.components.shape[0]}"
-    return Model((1.0, 1.0), proj, list(names), recipe, per_block=True)
+def fit_shipped(sets: dict[str, SetFeatures], names: list[str], dim: int = C.EMBEDDING_DIM) -> Model:
+    """The shipped recipe (export/build.py) fitted on the catalog entries of `names` only (an
+    uncentred PCA to `dim`: other sizes are the comparison rows)."""
+    proj = fit_uncentered_pca(catalog_units(sets, names), dim)
+    return Model((1.0, 1.0), proj, list(names), f"per-block L2 GeM + uncentered PCA {dim}", per_block=True)
 
 
 def load_sets() -> dict[str, SetFeatures]:
@@ -208,7 +194,7 @@ def _report(scores: np.ndarray, q_labels: list[str], c_labels: list[str]) -> M.R
     return M.evaluate([[c_labels[j] for j in r] for r in ranked], q_labels, c_labels)
 
 
-def query_scores(model: Model | PerBlockModel, f: SetFeatures,
+def query_scores(model: Model | FitFreeModel, f: SetFeatures,
                  catalog_objects: bool = True) -> dict[str, Any]:
     """Item scores [Q, N] per query strategy + labels, for one model on one set."""
     cat_imgs = [i for i, s in enumerate(f.splits) if s == "catalog"]
@@ -243,7 +229,7 @@ def baseline_report(f: SetFeatures) -> M.Report:
                    [f.labels[i] for i in cat_imgs])
 
 
-def _row(dataset: str, protocol: str, model: Model | PerBlockModel | None, strategy: str, rep: M.Report,
+def _row(dataset: str, protocol: str, model: Model | FitFreeModel | None, strategy: str, rep: M.Report,
          **extra: Any) -> dict[str, Any]:
     return {"dataset": dataset, "protocol": protocol, "config": f"{protocol} query={strategy}",
             "query_strategy": strategy, "catalog": "objects+whole", "path": "inprocess-exact-fp32-crossset",
@@ -277,12 +263,12 @@ def run(out_path: Path | None, adapt_steps: int = ADAPT_STEPS) -> dict[str, Any]
         timing[f"adapt_{name}_s"] = round(time.monotonic() - t, 1)
         prev = fit(sets, others)  # the previous recipe (scales + centred PCA + trained head)
         seen = name in shipped.fitted_on
-        models: tuple[tuple[str, Model | PerBlockModel], ...] = (
+        models: tuple[tuple[str, Model | FitFreeModel], ...] = (
             ("in-set", in_set), ("cross-set", cross), ("adapt", adapted),
             ("shipped-" + ("in-set" if seen else "cross-set"), shipped),
             ("previous-recipe-cross-set", prev), ("previous-recipe-adapt", adapt(prev, f, adapt_steps)),
-            ("cross-set-fit-free-2560", fit_per_block(sets, others, None)),
-            *((f"cross-set-uncentered-pca-{d}", fit_per_block(sets, others, d)) for d in CANDIDATE_DIMS),
+            ("cross-set-fit-free-2560", FitFreeModel([], "per-block L2 GeM, 2560-d, nothing fitted")),
+            *((f"cross-set-uncentered-pca-{d}", fit_shipped(sets, others, d)) for d in CANDIDATE_DIMS),
         )
         for proto, model in models:
             qs = query_scores(model, f)
