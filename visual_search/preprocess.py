@@ -219,21 +219,22 @@ def default_box_index(boxes_xyxy: np.ndarray, scores: np.ndarray, width: int, he
     return int(np.argmax(sal)) if sal.size else -1
 
 
-def default_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Encoder input [1, 3, 224, 224] of the default box, or of the whole image when nothing was found."""
+def _default_crop(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """Encoder input [3, 224, 224] of the default (most salient) box; None when nothing was found."""
     h, w = img.shape[:2]
     i = default_box_index(boxes, scores, w, h)
-    if i < 0:
-        return encoder_input(img)[None]
-    return object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i])[None]
+    return None if i < 0 else object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i])
+
+
+def default_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Encoder input [1, 3, 224, 224] of the default box, or of the whole image when nothing was found."""
+    crop = _default_crop(img, boxes, scores)
+    return (encoder_input(img) if crop is None else crop)[None]
 
 
 def default_whole_input(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Encoder inputs [M, 3, 224, 224] of the "max" query: the default box, then the whole image
     (M = 2); only the whole image (M = 1) when nothing was found. One encoder batch for both."""
-    h, w = img.shape[:2]
-    i = default_box_index(boxes, scores, w, h)
+    crop = _default_crop(img, boxes, scores)
     whole = encoder_input(img)
-    if i < 0:
-        return whole[None]
-    return np.stack([object_input(img, np.asarray(boxes, np.float32).reshape(-1, 4)[i]), whole])
+    return whole[None] if crop is None else np.stack([crop, whole])
