@@ -102,12 +102,10 @@ class Stack:
         from visual_search import models
         from visual_search.triton.repository import Options
 
-        if self.opts.model_dir is not None:
-            return model_dir_options(self.opts.model_dir, self.opts.precision)
-        if self.opts.precision != "auto":
+        if self.opts.model_dir is None and self.opts.precision != "auto":
             return Options(precision=self.opts.precision)
-        det, enc = models.default_precision("detector"), models.default_precision("encoder")
-        return Options(precision=enc, detector_path=models.artifact_path("detector", det))
+        # the repository's own models are one model directory like any other (an adapted one)
+        return model_dir_options(self.opts.model_dir or models.artifacts_dir(), self.opts.precision)
 
     def start(self) -> Stack:
         from visual_search.gateway.process import GatewayProcess
