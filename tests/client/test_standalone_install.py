@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.gateway.conftest import MODEL, Cluster, cluster  # noqa: F401  (the `cluster` fixture)
@@ -101,15 +100,6 @@ def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield gw
 
 
-def _brute_force(vectors: dict[str, np.ndarray], q: np.ndarray, k: int, exclude: str = "") -> list[str]:
-    ids_ = [i for i in vectors if i != exclude]
-    def f16(x: np.ndarray) -> np.ndarray:  # what the shards store and the gateway sends
-        return x.astype(np.float16).astype(np.float32)
-
-    scores = f16(np.stack([vectors[i] for i in ids_])) @ f16(q)
-    return [ids_[j] for j in np.argsort(-scores)[:k]]
-
-
 def test_client_package_installs_alone_and_searches_a_real_gateway(
     client_venv: Path, gateway: GatewayProcess, cluster: Cluster  # noqa: F811
 ) -> None:
@@ -127,8 +117,8 @@ def test_client_package_installs_alone_and_searches_a_real_gateway(
     out = json.loads(proc.stdout)
     assert out["importable"] == [], f"the client venv can import serving packages: {out['importable']}"
     assert Path(out["client_file"]).is_relative_to(client_venv)
-    assert out["vector"] == _brute_force(cluster.vectors, q, 10)
-    expected_item = _brute_force(cluster.vectors, cluster.vectors[item], 5, exclude=item)
+    assert out["vector"] == cluster.exact_top(q, 10)
+    expected_item = cluster.exact_top(cluster.vectors[item], 5, exclude=item)
     assert out["item"] == expected_item
     assert out["async_item"] == expected_item
     assert "no-such-item" in out["not_found"]

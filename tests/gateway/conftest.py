@@ -36,6 +36,17 @@ class Cluster:
         s1 = shard1_addresses or [self.shard1.address]
         return f"{','.join(s0)};{','.join(s1)}"
 
+    def exact_top(self, q: np.ndarray, k: int, exclude: str = "") -> list[str]:
+        """Brute-force top k item ids for q, ranked on the float16 vectors the shards store (and the
+        float16 query the gateway sends): at 1024-d, near-ties in float32 would reorder."""
+        ids_ = [i for i in self.vectors if i != exclude]
+
+        def f16(x: np.ndarray) -> np.ndarray:
+            return x.astype(np.float16).astype(np.float32)
+
+        scores = f16(np.stack([self.vectors[i] for i in ids_])) @ f16(q)
+        return [ids_[j] for j in np.argsort(-scores)[:k]]
+
 
 def item_for(i: int, vec: np.ndarray) -> shard_pb2.Item:
     iid = f"item{i:04d}"

@@ -40,22 +40,13 @@ def client(gateway: GatewayProcess) -> Iterator[vc.Client]:
         yield c
 
 
-def brute_force(cluster: Cluster, q: np.ndarray, k: int, exclude: str = "") -> list[str]:
-    ids_ = [i for i in cluster.vectors if i != exclude]
-    def f16(x: np.ndarray) -> np.ndarray:  # what the shards store and the gateway sends
-        return x.astype(np.float16).astype(np.float32)
-
-    scores = f16(np.stack([cluster.vectors[i] for i in ids_])) @ f16(q)
-    return [ids_[j] for j in np.argsort(-scores)[:k]]
-
-
 def test_vector_query_returns_global_exact_topk_from_both_shards(cluster: Cluster, client: vc.Client) -> None:
     q = cluster.vectors["item0007"]
     res = client.search(
         vector=q, model_version=MODEL, k=10, options=search_pb2.SearchOptions(no_business_rerank=True)
     )
     got = [h.item_id for h in res.hits]
-    assert got == brute_force(cluster, q, 10)
+    assert got == cluster.exact_top(q, 10)
     assert res.hits[0].score == pytest.approx(1.0, abs=2e-3)
     assert res.model_version == MODEL and not res.partial
     assert {h.shard_id for h in res.hits} == {0, 1}
@@ -66,9 +57,8 @@ def test_more_like_this_uses_the_stored_vector_and_excludes_the_item(
     cluster: Cluster, client: vc.Client
 ) -> None:
     res = client.search(item_id="item0042", k=5, options=search_pb2.SearchOptions(no_business_rerank=True))
-    assert [h.item_id for h in res.hits] == brute_force(
-        cluster, cluster.vectors["item0042"], 5, exclude="item0042"
-    )
+    expected = cluster.exact_top(cluster.vectors["item0042"], 5, exclude="item0042")
+    assert [h.item_id for h in res.hits] == expected
     with_self = client.search(item_id="item0042", k=1, options=search_pb2.SearchOptions(include_self=True))
     assert with_self.hits[0].item_id == "item0042"
 
